@@ -1,0 +1,125 @@
+"""``segcl evaluate`` and ``segcl predict``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from segcl.cli import options as o
+from segcl.cli.progress import RichProgress, console
+
+EVALUATE_EPILOG = """
+[bold]Examples[/bold]
+
+  segcl evaluate runs/camvid-ce data/camvid --layout camvid --json eval.json
+
+  segcl evaluate hf://user/camvid-unet data/camvid --split val --mode slide
+"""
+
+PREDICT_EPILOG = """
+[bold]Examples[/bold]
+
+  segcl predict runs/camvid-ce photos/ --out masks/
+
+  segcl predict camvid-resnet18-unet img1.jpg img2.jpg --out masks/ --overlay
+"""
+
+Model = Annotated[str, typer.Argument(help="Run directory, checkpoint folder, hf://user/name"
+                                           "[@revision] or a registry name.")]
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    """Per-class IoU / F1 / precision / recall and the means, as a rich table."""
+    table = Table(title=f"{metrics.get('num_images', '?')} images")
+    for col in ("class", "IoU", "F1/Dice", "precision", "recall"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v * 100:.2f}"
+
+    for i, name in enumerate(metrics["class_names"]):
+        table.add_row(name, pct(metrics["iou"][i]), pct(metrics["f1"][i]),
+                      pct(metrics["precision"][i]), pct(metrics["recall"][i]))
+    table.add_section()
+    table.add_row("[bold]mean", f"[bold]{pct(metrics['miou'])}", pct(metrics["mean_f1"]),
+                  pct(metrics["mean_precision"]), pct(metrics["mean_recall"]))
+    table.caption = (f"pixel accuracy {pct(metrics['pixel_accuracy'])}, "
+                     f"mean accuracy {pct(metrics['mean_accuracy'])}")
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(epilog=EVALUATE_EPILOG)
+    def evaluate(
+        model: Model,
+        data: o.Data,
+        split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+        layout: o.Layout = "auto",
+        mode: o.EvalMode = "resize",
+        batch_size: o.BatchSize = 4,
+        json_out: Annotated[Path | None, typer.Option("--json", help="Write all metrics "
+                                                                     "(per class too) here.")]
+        = None,
+        confusion: Annotated[Path | None, typer.Option(help="Write the confusion matrix as a "
+                                                            "PNG here.")] = None,
+        device: o.Device = "auto",
+        workers: o.Workers = 2,
+        quiet: o.Quiet = False,
+    ) -> None:
+        """mIoU, per-class IoU, F1/Dice, precision, recall and accuracy of a model on a split.
+
+        Metrics are computed at each mask's full resolution; the ignore index is excluded.
+        """
+        from segcl.engine.checkpoint import atomic_write_text
+        from segcl.engine.evaluate import evaluate as run_evaluate
+
+        metrics = run_evaluate(model, str(data), split=split, layout=layout, mode=mode,
+                               batch_size=batch_size, device=device, workers=workers,
+                               callback=RichProgress(quiet))
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(json_out, json.dumps({"model": model, "data": str(data),
+                                                    "split": split, "mode": mode, **metrics},
+                                                   indent=2))
+        if confusion is not None:
+            from segcl.viz import plot_confusion
+
+            plot_confusion(metrics["confusion_matrix"], metrics["class_names"], confusion)
+        if quiet:
+            typer.echo(f"mIoU {metrics['miou'] * 100:.2f}")
+        else:
+            console.print(metrics_table(metrics))
+
+    @app.command(epilog=PREDICT_EPILOG)
+    def predict(
+        model: Model,
+        inputs: Annotated[list[Path], typer.Argument(help="Image files and folders "
+                                                          "(searched recursively).")],
+        out: o.Out = Path("predictions"),
+        overlay: Annotated[bool, typer.Option(help="Also write NAME_overlay.jpg blends.")] = False,
+        batch_size: o.BatchSize = 8,
+        mode: o.EvalMode = "resize",
+        threads: Annotated[int, typer.Option(help="Threads decoding and writing images.")] = 2,
+        device: o.Device = "auto",
+        amp: o.Amp = True,
+        quiet: o.Quiet = False,
+    ) -> None:
+        """Write a palette PNG mask (original size, relative paths kept) for every input image.
+
+        Files that cannot be read are listed at the end; the exit status is 1 if any failed.
+        """
+        from segcl.engine.predict import predict as run_predict
+
+        result = run_predict(model, inputs, out, batch_size=batch_size, device=device, mode=mode,
+                             overlay=overlay, threads=threads, amp=amp,
+                             callback=RichProgress(quiet))
+        console.print(f"wrote {len(result.written)} masks to {out}")
+        if result.failed:
+            console.print(f"[red]{len(result.failed)} file(s) could not be processed:")
+            for path, reason in result.failed:
+                console.print(f"  {path}: {reason}", markup=False)
+            raise typer.Exit(1)

@@ -1,0 +1,63 @@
+"""Shared option aliases so a flag is spelled the same in every command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from segcl.errors import ConfigError
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"192x256"`` (height x width) or ``"256"`` (square) -> ``(h, w)``."""
+    try:
+        parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
+    except ValueError as err:
+        raise ConfigError(f"--image-size must look like 192x256 (height x width), got '{text}'") \
+            from err
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise ConfigError(f"--image-size must look like 192x256 (height x width), got '{text}'")
+    return parts[0], parts[1]
+
+
+def parse_classes(text: str | None) -> list[str] | None:
+    """``"sky,road,car"`` -> ``["sky", "road", "car"]``."""
+    if not text:
+        return None
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+Data = Annotated[Path, typer.Argument(help="Dataset folder (layouts: folder, camvid, voc, "
+                                            "cityscapes, pet; see --layout).")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+Encoder = Annotated[str, typer.Option(help="Any timm model name, e.g. resnet18, convnext_tiny.")]
+Decoder = Annotated[str, typer.Option(help="Decoder: unet or deeplabv3plus.")]
+ImageSize = Annotated[str, typer.Option(help="Training/inference size HxW, e.g. 192x256.")]
+Layout = Annotated[str, typer.Option(help="Dataset layout: auto, folder, camvid, voc, "
+                                          "cityscapes, pet.")]
+Seed = Annotated[int, typer.Option(help="Seed for the labelled subset, augmentation and init.")]
+LabeledFraction = Annotated[
+    float | None, typer.Option(help="Use this fraction of the training labels (nested subsets: "
+                                    "1/8 lies inside 1/4 for the same seed).")]
+LabeledCount = Annotated[int | None, typer.Option(help="Use this many labelled training images.")]
+Classes = Annotated[str | None, typer.Option(help="Comma-separated class names (folder datasets "
+                                                  "without dataset.yaml).")]
+IgnoreIndex = Annotated[int | None, typer.Option(help="Label value to ignore (default: the "
+                                                      "dataset's, 255 for folders).")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Workers = Annotated[int, typer.Option(help="Data-loading worker processes.")]
+BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final result.")]
+Amp = Annotated[bool, typer.Option(help="Mixed precision on CUDA (bf16, or fp16 + grad "
+                                        "scaling); ignored on CPU.")]
+EvalMode = Annotated[str, typer.Option(
+    "--mode", help="Inference policy for image sizes: 'resize' resizes each image to the "
+                   "model's training size and upsamples the logits to the original size; "
+                   "'slide' keeps the original resolution and averages overlapping windows of "
+                   "the training size.")]
+Resume = Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint "
+                                           "(its saved config.yaml is used).")]

@@ -1,0 +1,123 @@
+"""``segcl finetune`` (and, when available, ``segcl pretrain``)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from segcl.cli import options as o
+from segcl.cli.progress import RichProgress, console
+
+FINETUNE_EPILOG = """
+[bold]Examples[/bold]
+
+  segcl finetune data/camvid --layout camvid --labeled-fraction 0.125 --out runs/camvid-ce
+
+  segcl finetune data/camvid --init runs/camvid-supcon --lr 0.007 --out runs/camvid-ft
+
+  segcl finetune --resume --out runs/camvid-ce
+"""
+
+
+def command_line() -> str:
+    """The command as typed, for the run's config and model card."""
+    return "segcl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(epilog=FINETUNE_EPILOG)
+    def finetune(
+        data: Annotated[Path | None, typer.Argument(help="Dataset folder (not needed with "
+                                                          "--resume).")] = None,
+        out: o.Out = Path("runs/finetune"),
+        encoder: o.Encoder = "resnet18",
+        decoder: o.Decoder = "unet",
+        image_size: o.ImageSize = "192x256",
+        layout: o.Layout = "auto",
+        labeled_fraction: o.LabeledFraction = None,
+        labeled_count: o.LabeledCount = None,
+        classes: o.Classes = None,
+        ignore_index: o.IgnoreIndex = None,
+        epochs: Annotated[int, typer.Option(help="Training epochs over the labelled set.")] = 30,
+        steps: Annotated[int | None, typer.Option(help="Total optimiser steps (overrides "
+                                                       "--epochs).")] = None,
+        batch_size: o.BatchSize = 8,
+        optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
+        lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.01,
+        weight_decay: Annotated[float, typer.Option(help="Weight decay (not on norms/biases).")]
+        = 1e-4,
+        warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before cosine "
+                                                       "decay.")] = 50,
+        val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
+        init: Annotated[str | None, typer.Option(help="Start from a checkpoint: run dir, "
+                                                      "checkpoint folder, hf://repo or registry "
+                                                      "name.")] = None,
+        init_parts: Annotated[str, typer.Option(help="auto (encoder + decoder when it matches),"
+                                                     " encoder, or all.")] = "auto",
+        encoder_weights: Annotated[str | None, typer.Option(
+            help="Encoder weights from elsewhere: a timm 'hf-hub:' name or a .safetensors file "
+                 "(needs network for hub names).")] = None,
+        contrast: Annotated[str | None, typer.Option(
+            help="Auxiliary loss: 'cross-image' pixel contrast (Wang et al. 2021).")] = None,
+        contrast_weight: Annotated[float, typer.Option(help="Weight lambda of the auxiliary "
+                                                            "contrast.")] = 0.1,
+        contrast_warmup: Annotated[int, typer.Option(help="Steps with contrast weight 0.")] = 0,
+        memory_bank: Annotated[bool, typer.Option(help="Pixel and region queues for the "
+                                                       "cross-image contrast.")] = False,
+        pseudo_labels: Annotated[str | None, typer.Option(
+            help="Teacher model: pseudo-label the unlabelled images (the rest of the training "
+                 "split, plus --unlabeled) and train on them too.")] = None,
+        unlabeled: Annotated[Path | None, typer.Option(help="Extra folder of unlabelled "
+                                                             "images.")] = None,
+        brightness: Annotated[float, typer.Option(help="Brightness jitter strength.")] = 0.0,
+        contrast_jitter: Annotated[float, typer.Option(help="Contrast jitter strength.")] = 0.0,
+        eval_mode: o.EvalMode = "resize",
+        seed: o.Seed = 0,
+        workers: o.Workers = 2,
+        device: o.Device = "auto",
+        amp: o.Amp = True,
+        resume: o.Resume = False,
+        quiet: o.Quiet = False,
+    ) -> None:
+        """Train a segmentation model with cross-entropy on (a labelled subset of) a dataset."""
+        from segcl.config import (
+            ContrastConfig,
+            DataConfig,
+            FinetuneConfig,
+            OptimConfig,
+            load_yaml,
+        )
+        from segcl.engine.finetune import finetune as run_finetune
+        from segcl.errors import ConfigError
+
+        if resume and (out / "config.yaml").is_file():
+            cfg = load_yaml(FinetuneConfig, out / "config.yaml")
+        else:
+            if data is None:
+                raise ConfigError("missing DATA argument (the dataset folder)")
+            cfg = FinetuneConfig(
+                data=DataConfig(root=str(data), layout=layout, image_size=o.parse_size(image_size),
+                                labeled_fraction=labeled_fraction, labeled_count=labeled_count,
+                                classes=o.parse_classes(classes), ignore_index=ignore_index,
+                                workers=workers, unlabeled=str(unlabeled) if unlabeled else None),
+                optim=OptimConfig(name=optimizer, lr=lr, weight_decay=weight_decay,
+                                  warmup_steps=warmup_steps),
+                contrast=ContrastConfig(enabled=contrast is not None, weight=contrast_weight,
+                                        warmup_steps=contrast_warmup, memory_bank=memory_bank),
+                out=str(out), encoder=encoder, decoder=decoder, init=init, init_parts=init_parts,
+                encoder_weights=encoder_weights, pseudo_labels=pseudo_labels, epochs=epochs,
+                steps=steps, batch_size=batch_size, val_every=val_every, eval_mode=eval_mode,
+                brightness=brightness, contrast_jitter=contrast_jitter, amp=amp, device=device,
+                seed=seed, command=command_line(),
+            )
+            if contrast not in (None, "cross-image"):
+                raise ConfigError(f"unknown --contrast '{contrast}'; the choice is cross-image")
+        result = run_finetune(cfg, RichProgress(quiet), resume=resume)
+        console.print(
+            f"best val mIoU {result['best_miou'] * 100:.2f} at step {result['best_step']}; "
+            f"run saved in {result['run_dir']}"
+        )

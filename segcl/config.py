@@ -1,0 +1,159 @@
+"""Job configurations: dataclasses with documented defaults and a YAML round trip.
+
+The CLI builds one of these from its flags and hands it to the library; a run directory keeps the
+effective configuration as ``config.yaml`` so the run can be inspected, repeated and resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from segcl.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they are read.
+
+    Attributes:
+        root: dataset folder (see ``segcl.data.load_samples`` for the known layouts).
+        layout: ``auto``, ``folder``, ``camvid``, ``voc``, ``cityscapes`` or ``pet``.
+        train_split / val_split: split names inside ``root``.
+        image_size: (height, width) the model sees during training and inference.
+        labeled_fraction / labeled_count: a deterministic, nested labelled subset of the
+            training split (``--seed`` picks it); both unset means all labels.
+        classes / ignore_index: override or supply the class description.
+        workers: DataLoader worker processes.
+        unlabeled: extra unlabelled images (a folder) for the semi-supervised stage.
+    """
+
+    root: str = ""
+    layout: str = "auto"
+    train_split: str = "train"
+    val_split: str = "val"
+    image_size: tuple[int, int] = (192, 256)
+    labeled_fraction: float | None = None
+    labeled_count: int | None = None
+    classes: list[str] | None = None
+    ignore_index: int | None = None
+    workers: int = 2
+    unlabeled: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule: SGD (momentum) or AdamW, linear warm-up then cosine decay."""
+
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = None
+
+
+@dataclass
+class ContrastConfig:
+    """Cross-image pixel contrast as an auxiliary fine-tuning loss (Wang et al., ICCV 2021)."""
+
+    enabled: bool = False
+    weight: float = 0.1
+    temperature: float = 0.1
+    base_temperature: float = 0.07
+    max_samples: int = 1024
+    max_views: int = 100
+    memory_bank: bool = False
+    memory_size: int = 5000
+    warmup_steps: int = 0
+    dim: int = 256
+
+
+@dataclass
+class FinetuneConfig:
+    """``segcl finetune``: cross-entropy training of encoder + decoder + classifier."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
+    out: str = "runs/finetune"
+    encoder: str = "resnet18"
+    decoder: str = "unet"
+    decoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    encoder_weights: str | None = None
+    init: str | None = None
+    init_parts: str = "auto"
+    pseudo_labels: str | None = None
+    pseudo_threshold: float = 0.8
+    pseudo_background_threshold: float = 0.97
+    background_class: int | None = None
+    epochs: int = 30
+    steps: int | None = None
+    batch_size: int = 8
+    val_every: int = 1
+    eval_mode: str = "resize"
+    scale: tuple[float, float] = (0.5, 2.0)
+    brightness: float = 0.0
+    contrast_jitter: float = 0.0
+    amp: bool = True
+    channels_last: bool = True
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 10
+    command: str | None = None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML/JSON-friendly dictionary of a config dataclass (tuples become lists)."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(dataclasses.asdict(cfg))
+
+
+def from_dict(cls: type[T], d: dict[str, Any]) -> T:
+    """Build a (nested) config dataclass from a dictionary, rejecting unknown keys."""
+    hints = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(d) - set(hints)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in d.items():
+        default = hints[name].default_factory if hints[name].default_factory is not dataclasses.MISSING else None  # noqa: E501
+        proto = default() if default is not None else hints[name].default
+        if dataclasses.is_dataclass(proto) and isinstance(value, dict):
+            value = from_dict(type(proto), value)
+        elif isinstance(proto, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif name in ("image_size", "scale") and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    """Write a config dataclass as YAML."""
+    from segcl.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Read a config dataclass from YAML (``yaml.safe_load``: no code is executed)."""
+    try:
+        d = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read config ({err})") from err
+    return from_dict(cls, d)

@@ -1,0 +1,148 @@
+"""Reading images and class-index masks, writing masks, and finding images to predict on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from segcl.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+# PIL modes that hold one channel of integer class indices.
+_INDEX_MODES = ("P", "L", "1", "I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as an ``HxWx3`` uint8 RGB array.
+
+    Grayscale and 16-bit files are converted to 8-bit RGB by OpenCV. Raises :class:`DataError`
+    naming the file when it is missing or cannot be decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image not found")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"{path}: unreadable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a class-index mask as an ``HxW`` integer array.
+
+    Palette PNGs (VOC style) give their palette *indices*, not colours; 8-bit, 16-bit and
+    32-bit single-channel images give their values. The result is uint8 when every value fits,
+    else int32. An RGB file whose three channels are equal is read as its first channel; a true
+    colour mask is rejected, because masks must hold class indices.
+
+    Raises:
+        DataError: naming the file, when it is missing, unreadable, or not index data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: mask not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            data = np.array(im)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: unreadable mask ({e})") from e
+    if mode in ("RGB", "RGBA") and data.ndim == 3:
+        rgb = data[..., :3]
+        if (rgb == rgb[..., :1]).all():
+            data, mode = rgb[..., 0], "L"
+        else:
+            raise DataError(
+                f"{path}: this is a colour (RGB) mask; masks must be class-index images "
+                "(one channel, pixel value = class index, e.g. a grayscale or palette PNG)"
+            )
+    if mode not in _INDEX_MODES or data.ndim != 2:
+        raise DataError(
+            f"{path}: mask has image mode {mode!r}; masks must be single-channel class-index "
+            "images (grayscale or palette PNG)"
+        )
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)
+    if data.dtype == np.uint8:
+        return data
+    if data.size and data.min() < 0:
+        raise DataError(f"{path}: mask has negative values; class indices must be >= 0")
+    if data.size == 0 or data.max() <= 255:
+        return data.astype(np.uint8)
+    return data.astype(np.int32)
+
+
+def write_mask(
+    path: str | Path, mask: np.ndarray, palette: Sequence[tuple[int, int, int]] | None = None
+) -> None:
+    """Write an ``HxW`` class-index mask as PNG; a palette PNG when ``palette`` is given.
+
+    With a palette the file still stores indices (:func:`read_mask` reads them back) but image
+    viewers show the class colours. Values above 255 need ``palette=None`` (16-bit PNG).
+    """
+    path = Path(path)
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise DataError(f"{path}: mask to write must be HxW, got shape {mask.shape}")
+    if mask.size and (mask.min() < 0 or mask.max() > 65535):
+        raise DataError(f"{path}: mask values must be in 0..65535 to be written as PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mask.size == 0 or mask.max() <= 255:
+        im = Image.fromarray(mask.astype(np.uint8))
+        if palette is not None:
+            flat = [int(v) for color in palette for v in color][: 256 * 3]
+            im.putpalette(flat + [0] * (256 * 3 - len(flat)))  # "L" -> "P", indices kept
+    else:
+        if palette is not None:
+            raise DataError(f"{path}: a palette PNG holds at most 256 labels")
+        im = Image.fromarray(mask.astype(np.uint16))
+    im.save(path, format="PNG")
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """Collect the images named by files and folders, for prediction.
+
+    Folders are searched recursively (hidden files and folders skipped), in sorted order.
+
+    Returns:
+        ``(file, output)`` pairs: ``output`` is the path to write results to, relative and
+        without extension -- relative to the folder argument, or just the stem for a file.
+
+    Raises:
+        DataError: a path does not exist, two inputs would write the same output, or no image
+            was found at all.
+    """
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file():
+            found.append((p, Path(p.stem)))
+        elif p.is_dir():
+            files = (
+                f
+                for f in p.rglob("*")
+                if f.suffix.lower() in IMAGE_EXTENSIONS
+                and f.is_file()
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+            for f in sorted(files):
+                found.append((f, f.relative_to(p).with_suffix("")))
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    if not found:
+        raise DataError(f"{', '.join(str(i) for i in inputs) or '(no inputs)'}: no images found")
+    seen: dict[Path, Path] = {}
+    for file, out in found:
+        if out in seen:
+            raise DataError(
+                f"{file}: would write the same output '{out}' as {seen[out]}; "
+                "predict them in separate runs or rename one"
+            )
+        seen[out] = file
+    return found

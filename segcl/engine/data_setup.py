@@ -1,0 +1,120 @@
+"""From a :class:`DataConfig` to samples, class description, subsets and data loaders."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from segcl.config import DataConfig
+from segcl.data import DatasetInfo, Sample, labeled_subset, load_samples, validate_samples
+from segcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segcl.errors import ConfigError
+
+
+@dataclass
+class DataSplits:
+    """The samples a job works on."""
+
+    info: DatasetInfo
+    labeled: list[Sample]
+    unlabeled: list[Sample]
+    val: list[Sample]
+
+
+def dataset_info_override(cfg: DataConfig) -> DatasetInfo | None:
+    """A :class:`DatasetInfo` built from ``--classes`` / ``--ignore-index``, if given."""
+    if cfg.classes:
+        return DatasetInfo(classes=list(cfg.classes), ignore_index=cfg.ignore_index or 255)
+    return None
+
+
+def load_splits(cfg: DataConfig, seed: int, need_val: bool = True, validate: bool = True) -> DataSplits:
+    """Load the train/val samples and pick the labelled subset (nested for a given ``seed``)."""
+    if not cfg.root:
+        raise ConfigError("no dataset given")
+    train, info = load_samples(cfg.root, cfg.train_split, cfg.layout, dataset_info_override(cfg))
+    if cfg.ignore_index is not None and not cfg.classes:
+        info = dataclasses.replace(info, ignore_index=cfg.ignore_index)
+    idx = set(labeled_subset(len(train), cfg.labeled_fraction, cfg.labeled_count, seed))
+    labeled = [s for i, s in enumerate(train) if i in idx]
+    unlabeled = [s for i, s in enumerate(train) if i not in idx]
+    if cfg.unlabeled:
+        extra, _ = load_samples(cfg.unlabeled, "train", "folder", info, require_masks=False)
+        unlabeled += [Sample(s.image, None) for s in extra]
+    val: list[Sample] = []
+    if need_val:
+        val, _ = load_samples(cfg.root, cfg.val_split, cfg.layout, info)
+    if validate:
+        validate_samples(labeled + val, info)
+    return DataSplits(info=info, labeled=labeled, unlabeled=unlabeled, val=val)
+
+
+def normalization(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Input mean/std of a timm encoder (its pretrained config), ImageNet's otherwise."""
+    try:
+        cfg = timm.get_pretrained_cfg(encoder.split("hf-hub:")[-1])
+    except Exception:  # noqa: BLE001 - any lookup failure just means "no pretrained config"
+        cfg = None
+    mean = tuple(getattr(cfg, "mean", None) or IMAGENET_MEAN)
+    std = tuple(getattr(cfg, "std", None) or IMAGENET_STD)
+    return mean, std
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Shuffles with a generator seeded by ``(seed, epoch)``: reproducible and resumable."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        return iter(order[self.rank :: self.world][: len(self)])
+
+    def __len__(self) -> int:
+        return self.n // self.world
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    sampler: torch.utils.data.Sampler | None = None,
+    drop_last: bool = False,
+    collate_fn: Any = None,
+) -> DataLoader:
+    """A DataLoader with pinned memory on CUDA and persistent workers when there are any."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        collate_fn=collate_fn,
+    )
+
+
+def collate_eval(items: list[dict]) -> dict:
+    """Stack resized images; keep full-resolution masks (which may differ in size) as a list."""
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "mask": [it["mask"] for it in items],
+        "index": torch.tensor([it["index"] for it in items]),
+    }

@@ -1,0 +1,250 @@
+"""``segcl finetune``: cross-entropy training of a segmentation model on a labelled subset.
+
+The training step is kept readable top to bottom (nanoGPT style): learning-rate schedule, mixed
+precision, optional auxiliary cross-image pixel contrast, gradient clipping, logging, evaluation and
+atomic checkpoints with resume.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from segcl.config import FinetuneConfig, save_yaml, to_dict
+from segcl.data import SegmentationDataset
+from segcl.data.transforms import TrainTransform
+from segcl.engine import state as train_state
+from segcl.engine.callbacks import Callback
+from segcl.engine.checkpoint import (
+    checkpoint_config,
+    load_state_into,
+    read_config,
+    read_training_state,
+    read_weights,
+    save_checkpoint,
+)
+from segcl.engine.data_setup import EpochSampler, load_splits, make_loader, normalization
+from segcl.engine.evaluate import eval_loader, evaluate_loader
+from segcl.engine.optim import build_optimizer, lr_factor, set_lr
+from segcl.engine.rundir import RunDir
+from segcl.engine.runtime import amp_dtype, autocast, resolve_device, seed_everything, to_device
+from segcl.errors import CheckpointError, ConfigError
+from segcl.models import ModelConfig, SegmentationModel
+
+SUMMARY_KEYS = ("miou", "pixel_accuracy", "mean_accuracy", "mean_f1", "mean_precision",
+                "mean_recall")
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalar metrics (plus per-class IoU) worth logging and storing in a checkpoint."""
+    out = {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
+    out["iou"] = metrics.get("iou")
+    return out
+
+
+def initialize_from(
+    model: SegmentationModel, ref: str, parts: str, callback: Callback
+) -> dict[str, Any]:
+    """Load pre-trained weights into ``model``.
+
+    ``parts``: ``encoder`` (encoder only), ``all`` (encoder + decoder + classifier when it fits),
+    or ``auto`` (the encoder, plus the decoder when the checkpoint has one of the same type).
+    Projection heads are always dropped.
+    """
+    from segcl.hub.refs import resolve_model_ref
+
+    if parts not in ("auto", "encoder", "all"):
+        raise ConfigError(f"unknown --init-parts '{parts}'; choose auto, encoder or all")
+    folder = resolve_model_ref(ref)
+    config = read_config(folder)
+    weights = {k: v for k, v in read_weights(folder).items() if not k.startswith("heads.")}
+    source_model = config.get("model", {})
+    if source_model.get("encoder") != model.config.encoder:
+        raise CheckpointError(
+            f"{folder}: checkpoint encoder is '{source_model.get('encoder')}', "
+            f"this run uses '{model.config.encoder}'"
+        )
+    keep = ["encoder."]
+    same_decoder = (source_model.get("decoder") == model.config.decoder
+                    and source_model.get("decoder_kwargs", {}) == model.config.decoder_kwargs)
+    if parts in ("auto", "all") and same_decoder and any(k.startswith("decoder.") for k in weights):
+        keep.append("decoder.")
+    if parts == "all":
+        own = model.state_dict()
+        keep += [p for p in ("classifier.",)
+                 if all(own.get(k) is not None and own[k].shape == v.shape
+                        for k, v in weights.items() if k.startswith(p))]
+    selected = {k: v for k, v in weights.items() if k.startswith(tuple(keep))}
+    if not selected:
+        raise CheckpointError(f"{folder}: no encoder weights found")
+    load_state_into(model, selected, str(folder), strict=False)
+    callback.on_message(
+        f"initialised {', '.join(p.rstrip('.') for p in keep)} from {ref} "
+        f"(method {config.get('method', '?')})"
+    )
+    return config
+
+
+def finetune(
+    cfg: FinetuneConfig, callback: Callback | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Train a segmentation model; returns a summary with the run directory and best val mIoU."""
+    cb = callback or Callback()
+    run = RunDir(cfg.out, resume=resume)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    # ---- data --------------------------------------------------------------------------------
+    splits = load_splits(cfg.data, cfg.seed)
+    info = splits.info
+    mean, std = normalization(cfg.encoder)
+    size = tuple(cfg.data.image_size)
+    train_samples = splits.labeled
+    pseudo_masks = None
+    if cfg.pseudo_labels:
+        from segcl.engine.pseudo import pseudo_label
+
+        pseudo_masks, pseudo_samples = pseudo_label(
+            cfg.pseudo_labels, splits.unlabeled, info, cfg, device, cb
+        )
+        train_samples = train_samples + pseudo_samples
+    transform = TrainTransform(size, scale=tuple(cfg.scale), brightness=cfg.brightness,
+                               contrast=cfg.contrast_jitter, mean=mean, std=std,
+                               ignore_index=info.ignore_index)
+    masks_override = (
+        {len(splits.labeled) + i: m for i, m in enumerate(pseudo_masks)} if pseudo_masks else None
+    )
+    train_ds = SegmentationDataset(train_samples, info, transform, seed=cfg.seed,
+                                   masks=masks_override)
+    batch_size = min(cfg.batch_size, len(train_ds))
+    sampler = EpochSampler(len(train_ds), cfg.seed)
+    loader = make_loader(train_ds, batch_size, cfg.data.workers, device, sampler, drop_last=True)
+    val_loader = eval_loader(splits.val, info, size, mean, std, cfg.eval_mode, device,
+                             workers=min(cfg.data.workers, 2))
+    steps_per_epoch = len(train_ds) // batch_size
+    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+
+    # ---- model, auxiliary contrast, optimiser ------------------------------------------------
+    model_cfg = ModelConfig(encoder=cfg.encoder, decoder=cfg.decoder,
+                            num_classes=info.num_classes, decoder_kwargs=dict(cfg.decoder_kwargs))
+    model = SegmentationModel(model_cfg)
+    if cfg.encoder_weights:
+        from segcl.models.weights import load_encoder_weights
+
+        load_encoder_weights(model.encoder, cfg.encoder_weights)
+    if cfg.init and not resume:
+        initialize_from(model, cfg.init, cfg.init_parts, cb)
+    aux = None
+    if cfg.contrast.enabled:
+        from segcl.engine.contrast_aux import CrossImageAux
+
+        aux = CrossImageAux(cfg.contrast, model.decoder.out_channels, info)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    modules = [model] + ([aux.to(device)] if aux is not None else [])
+    optimizer = build_optimizer(modules, cfg.optim)
+    amp = amp_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+
+    st = train_state.TrainState()
+    if resume:
+        load_state_into(model, read_weights(run.last), str(run.last))
+        if aux is not None:
+            aux.load_state(run.last)
+        st = train_state.unpack(*read_training_state(run.last), optimizer, scaler)
+        run.truncate_metrics(st.step)
+        cb.on_message(f"resumed {run.path} at step {st.step} (epoch {st.epoch})")
+    cfg = replace(cfg, steps=total_steps)
+    save_yaml(cfg, run.path / "config.yaml")
+
+    def save(folder, metrics: dict[str, Any] | None, with_state: bool) -> None:
+        config = checkpoint_config(model_cfg.to_dict(), info, mean, std, size, method="finetune",
+                                   command=cfg.command, metrics=metrics)
+        config["train"] = to_dict(cfg)
+        weights = model.state_dict()
+        if aux is not None and with_state:  # the projection head is not part of the export
+            weights = {**weights, **aux.state_for_checkpoint()}
+        save_checkpoint(folder, weights, config,
+                        train_state.pack(st, optimizer, scaler) if with_state else None)
+
+    def validate() -> dict[str, Any]:
+        metrics = evaluate_loader(model, val_loader, info, device, size, cfg.eval_mode, amp,
+                                  channels_last)
+        record = {"step": st.step, "epoch": st.epoch, "split": "val", **summary(metrics)}
+        run.log(record)
+        cb.on_eval(st.step, record)
+        return metrics
+
+    # ---- training loop -----------------------------------------------------------------------
+    cb.on_start(total_steps, st.step, "finetune")
+    model.train()
+    last_save = time.monotonic()
+    best_metrics: dict[str, Any] | None = None
+    while st.step < total_steps:
+        sampler.set_epoch(st.epoch)
+        train_ds.set_epoch(st.epoch)
+        t0, seen = time.perf_counter(), 0
+        for batch in loader:
+            batch = to_device(batch, device, channels_last)
+            lr = set_lr(optimizer, cfg.optim.lr,
+                        lr_factor(st.step, total_steps, cfg.optim.warmup_steps,
+                                  cfg.optim.min_lr_ratio))
+            with autocast(device, amp):
+                _, dense = model.forward_dense(batch["image"])
+                logits = model.classify(dense, batch["image"].shape[-2:])
+                loss = F.cross_entropy(logits.float(), batch["mask"],
+                                       ignore_index=info.ignore_index)
+                logs = {"ce": loss.detach()}
+                if aux is not None:
+                    contrast = aux(dense, batch["mask"], logits, st.step)
+                    loss = loss + contrast
+                    logs["contrast"] = contrast.detach()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.optim.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            st.step += 1
+            seen += batch["image"].shape[0]
+            if st.step % cfg.log_every == 0 or st.step == total_steps:
+                ips = seen / max(1e-9, time.perf_counter() - t0)
+                record = {"step": st.step, "epoch": st.epoch, "loss": loss.item(), "lr": lr,
+                          "images_per_s": round(ips, 2),
+                          **{k: round(v.item(), 5) for k, v in logs.items()}}
+                run.log(record)
+                cb.on_step(st.step, record)
+            if st.step >= total_steps:
+                break
+        st.epoch += 1
+        evaluate_now = st.epoch % cfg.val_every == 0 or st.step >= total_steps
+        if evaluate_now:
+            metrics = validate()
+            if metrics["miou"] is not None and metrics["miou"] > st.best_metric:
+                st.best_metric, st.best_step = metrics["miou"], st.step
+                best_metrics = metrics
+                save(run.best, {"val": summary(metrics)}, with_state=False)
+            model.train()
+        if evaluate_now or time.monotonic() - last_save > 120 or st.step >= total_steps:
+            save(run.last, None, with_state=True)
+            last_save = time.monotonic()
+
+    result = {"run_dir": str(run.path), "best_miou": st.best_metric, "best_step": st.best_step,
+              "steps": st.step}
+    _plots(run, info, best_metrics)
+    cb.on_end(result)
+    return result
+
+
+def _plots(run: RunDir, info: Any, best_metrics: dict[str, Any] | None) -> None:
+    from segcl.viz import plot_confusion, plot_curves
+
+    plot_curves(run.records(), run.path / "curves.png")
+    if best_metrics is not None:
+        plot_confusion(best_metrics["confusion_matrix"], info.classes,
+                       run.path / "confusion_val.png")

@@ -1,0 +1,198 @@
+"""``segcl predict``: masks for files and folders, with decoding and writing overlapped with compute.
+
+Pipeline: a thread pool decodes and resizes images a few batches ahead (OpenCV releases the GIL),
+the main thread runs the model (and the upsampling + argmax) batch by batch, and a second thread
+pool writes palette PNGs (and overlays). Files that cannot be read are collected and reported;
+they never stop the run.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from segcl.data import find_images, read_image, to_tensor, write_mask
+from segcl.engine.callbacks import Callback
+from segcl.engine.inference import infer_logits, resize_logits
+from segcl.engine.runtime import autocast
+from segcl.errors import DataError
+
+
+@dataclass
+class PredictResult:
+    """What a prediction run did."""
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass
+class _Item:
+    path: Path
+    rel: Path
+    shape: tuple[int, int] = (0, 0)
+    image: np.ndarray | None = None
+    tensor: torch.Tensor | None = None
+    error: str | None = None
+
+
+def _load(path: Path, rel: Path, size: tuple[int, int] | None, mean, std, keep: bool) -> _Item:
+    """Decode, resize and normalise one image (runs in a reader thread)."""
+    try:
+        image = read_image(path)
+    except DataError as err:
+        return _Item(path, rel, error=str(err))
+    resized = image if size is None else cv2.resize(image, (size[1], size[0]),
+                                                    interpolation=cv2.INTER_LINEAR)
+    return _Item(path, rel, shape=image.shape[:2], image=image if keep else None,
+                 tensor=to_tensor(resized, mean, std))
+
+
+def _write(item: _Item, mask: np.ndarray, out_dir: Path, palette, overlay: bool, alpha: float):
+    target = out_dir / item.rel.with_suffix(".png")
+    write_mask(target, mask, palette)
+    if overlay:
+        from segcl.viz import overlay as blend
+
+        assert item.image is not None
+        over = blend(item.image, mask, palette, alpha=alpha)
+        ov = out_dir / item.rel.parent / f"{item.rel.name}_overlay.jpg"
+        cv2.imwrite(str(ov), cv2.cvtColor(over, cv2.COLOR_RGB2BGR))
+    return target
+
+
+def predict_files(
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    mode: str = "resize",
+    overlay: bool = False,
+    alpha: float = 0.5,
+    threads: int = 2,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+    callback: Callback | None = None,
+) -> PredictResult:
+    """Predict a mask for every image under ``inputs``; masks keep each image's original size."""
+    cb = callback or Callback()
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    files = find_images(inputs)
+    data = config["data"]
+    window = tuple(data["image_size"])
+    size = window if mode == "resize" else None
+    mean, std = tuple(data["mean"]), tuple(data["std"])
+    palette = [tuple(c) for c in data["palette"]] if data.get("palette") else None
+    if palette is None:
+        from segcl.viz import default_palette
+
+        palette = default_palette(len(data["classes"]))
+    result = PredictResult()
+    model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    readers = ThreadPoolExecutor(max(1, threads))
+    writers = ThreadPoolExecutor(max(1, threads))
+    batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    pending: deque[list[Future]] = deque()
+    writes: list[tuple[_Item, Future]] = []
+
+    def submit(k: int) -> None:
+        if k < len(batches):
+            pending.append([readers.submit(_load, p, r, size, mean, std, overlay)
+                            for p, r in batches[k]])
+
+    cb.on_start(len(files), 0, "predict")
+    done = 0
+    try:
+        for k in range(min(3, len(batches))):
+            submit(k)
+        for k in range(len(batches)):
+            items = [f.result() for f in pending.popleft()]
+            submit(k + 3)
+            good = [it for it in items if it.error is None]
+            result.failed += [(it.path, it.error or "") for it in items if it.error is not None]
+            if good:
+                masks = _forward(model, good, device, mode, window, amp, channels_last)
+                writes += [(it, writers.submit(_write, it, m, out_dir, palette, overlay, alpha))
+                           for it, m in zip(good, masks)]
+            done += len(items)
+            cb.on_step(done, {})
+        for item, fut in writes:
+            try:
+                result.written.append(fut.result())
+            except (OSError, DataError) as err:
+                result.failed.append((item.path, f"could not write mask: {err}"))
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown(wait=True)
+    cb.on_end({"written": len(result.written), "failed": len(result.failed)})
+    return result
+
+
+@torch.inference_mode()
+def _forward(model, items: list[_Item], device, mode, window, amp, channels_last) -> list[np.ndarray]:
+    """Logits -> full-size argmax masks. Same-size inputs share one batched upsample."""
+    if mode == "resize":
+        x = torch.stack([it.tensor for it in items])
+        if device.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = infer_logits(model, x, mode, window)
+        sizes = [it.shape for it in items]
+        if len(set(sizes)) == 1:
+            masks = resize_logits(logits, sizes[0]).argmax(1).to(torch.uint8).cpu().numpy()
+            return list(masks)
+        return [resize_logits(logits[i : i + 1], s).argmax(1)[0].to(torch.uint8).cpu().numpy()
+                for i, s in enumerate(sizes)]
+    out = []
+    for it in items:
+        x = it.tensor[None].to(device)
+        with autocast(device, amp):
+            logits = infer_logits(model, x, mode, window)
+        out.append(logits.argmax(1)[0].to(torch.uint8).cpu().numpy())
+    return out
+
+
+def predict(
+    model_ref: str,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 8,
+    device: str = "auto",
+    mode: str = "resize",
+    overlay: bool = False,
+    threads: int = 2,
+    amp: bool = True,
+    callback: Callback | None = None,
+) -> PredictResult:
+    """Load a model reference and predict masks for ``inputs`` (files and folders)."""
+    from segcl.engine.checkpoint import load_model
+    from segcl.engine.runtime import amp_dtype, resolve_device
+
+    dev = resolve_device(device)
+    model, config = load_model(model_ref, dev)
+    return predict_files(model, config, inputs, out_dir, batch_size=batch_size, device=dev,
+                         mode=mode, overlay=overlay, threads=threads, amp=amp_dtype(dev, amp),
+                         channels_last=dev.type == "cuda", callback=callback)

@@ -1,0 +1,40 @@
+"""Checkpoints on the Hugging Face Hub and the registry of named checkpoints.
+
+Public API (imported lazily, so that ``segcl.hub.card`` does not pull in huggingface_hub):
+
+- :func:`resolve_model_ref`, :func:`is_checkpoint_dir`, :func:`parse_hf_ref` (``refs``)
+- :func:`push`, :func:`pull`, :class:`PushResult` (``remote``)
+- :func:`load_registry`, :class:`RegistryEntry`, :func:`default_registry_path` (``registry``)
+- :func:`render_model_card` (``card``)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "resolve_model_ref": "segcl.hub.refs",
+    "is_checkpoint_dir": "segcl.hub.refs",
+    "parse_hf_ref": "segcl.hub.refs",
+    "push": "segcl.hub.remote",
+    "pull": "segcl.hub.remote",
+    "PushResult": "segcl.hub.remote",
+    "load_registry": "segcl.hub.registry",
+    "RegistryEntry": "segcl.hub.registry",
+    "default_registry_path": "segcl.hub.registry",
+    "render_model_card": "segcl.hub.card",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'segcl.hub' has no attribute '{name}'")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
