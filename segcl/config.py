@@ -110,6 +110,79 @@ class FinetuneConfig:
     command: str | None = None
 
 
+PRETRAIN_METHODS = ("simclr", "multiscale", "supcon")
+PRETRAIN_LOSSES = ("global", "local", "pixel")
+
+
+def _pretrain_optim() -> OptimConfig:
+    # Zhao et al. (methods.md section 3): SGD lr 0.1, momentum 0.9, weight decay 4e-5, cosine.
+    return OptimConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=4e-5)
+
+
+@dataclass
+class PretrainConfig:
+    """``segcl pretrain``: contrastive pre-training of an encoder (+ decoder) with projection heads.
+
+    Attributes:
+        method: ``simclr`` (global NT-Xent on two augmented views of every image; encoder only),
+            ``multiscale`` (global + local + pixel terms on an image and its colour-distorted
+            copy, selected by ``losses``) or ``supcon`` (label-based pixel contrast on the
+            labelled images; encoder + decoder).
+        losses: the multi-scale terms (subset of ``global``, ``local``, ``pixel``); the pixel
+            term needs labelled (or pseudo-labelled) images and is dropped without them.
+        variant: pixel contrast over each image (``single``) or over the batch (``batch``).
+        temperature: ``None`` = each term's paper default (0.1 global/local, 0.07 pixel); a
+            number sets it for every term.
+        grid: ``(h, w)`` the pixel embeddings are resized to; ``None`` = the decoder's native
+            resolution (affordable with the linear-memory loss).
+        max_pixels: random subsample of valid pixels for ``variant="batch"``.
+        local_grid: ``S`` of the local head (``S x S`` regions per image).
+        proj_dim / pixel_dim: output sizes of the global/local heads and of the pixel head.
+        strength: colour-distortion strength of the second view / copy (SimCLR's ``s``).
+        crop_scale: area range of SimCLR's random resized crops.
+        scale: random scale range of the shared geometry (multiscale, supcon).
+        pseudo_labels: teacher model; the unlabelled images get pseudo-masks and join the
+            labelled set (pixel terms of ``multiscale`` and ``supcon``).
+        batch_size: images per batch and process (under torchrun the global batch is
+            ``batch_size * world_size``).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=_pretrain_optim)
+    out: str = "runs/pretrain"
+    method: str = "supcon"
+    encoder: str = "resnet18"
+    decoder: str = "unet"
+    decoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    encoder_weights: str | None = None
+    losses: list[str] = field(default_factory=lambda: list(PRETRAIN_LOSSES))
+    variant: str = "single"
+    temperature: float | None = None
+    grid: tuple[int, int] | None = None
+    max_pixels: int | None = None
+    local_grid: int = 4
+    proj_dim: int = 128
+    pixel_dim: int = 256
+    strength: float = 0.5
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    scale: tuple[float, float] = (0.5, 2.0)
+    pseudo_labels: str | None = None
+    pseudo_threshold: float = 0.8
+    pseudo_background_threshold: float = 0.97
+    background_class: int | None = None
+    eval_mode: str = "resize"
+    epochs: int = 100
+    steps: int | None = None
+    batch_size: int = 8
+    amp: bool = True
+    channels_last: bool = True
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 10
+    save_every_s: float = 300.0
+    command: str | None = None
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML/JSON-friendly dictionary of a config dataclass (tuples become lists)."""
 

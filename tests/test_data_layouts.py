@@ -140,6 +140,21 @@ def test_folder_layout_explicit_info_and_missing_description(tmp_path):
         load_samples(root)
 
 
+def test_plain_image_folder_as_unlabelled_images(tmp_path):
+    root = tmp_path / "raw"
+    for name in ("b.jpg", "a.png", "more/c.jpg"):
+        write_image(root / name)
+    samples, info = load_samples(root, layout="folder", info=CAMVID, require_masks=False)
+    assert [(s.image.relative_to(root).as_posix(), s.mask) for s in samples] == [
+        ("a.png", None),
+        ("b.jpg", None),
+        ("more/c.jpg", None),
+    ]
+    assert info is CAMVID
+    with pytest.raises(DataError, match=r"raw: no 'train' folder and no 'images' folder"):
+        load_samples(root, layout="folder", info=CAMVID)
+
+
 def test_folder_layout_pairs_nested_folders(tmp_path):
     root = tmp_path / "data"
     write_image(root / "train" / "images" / "city1" / "x.png")

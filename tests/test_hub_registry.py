@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-from hub_server import write_checkpoint
 
 from segcl.errors import CheckpointError, ConfigError, HubError
 from segcl.hub.card import render_model_card
@@ -24,6 +23,7 @@ from segcl.hub.registry import (
     read_evaluation,
     recipe_argv,
 )
+from tests.hub_server import write_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHA1 = "0123456789abcdef0123456789abcdef01234567"
@@ -60,7 +60,9 @@ def write_registry(path: Path, entries: dict[str, Any]) -> Path:
 # -- the registry file -----------------------------------------------------------------------------
 def test_shipped_registry_loads_and_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(REGISTRY_ENV, raising=False)
-    assert default_registry_path() == REPO_ROOT / "checkpoints.yaml"
+    default = default_registry_path()
+    assert default is not None  # the source tree's copy, or the package's (a link to it)
+    assert default.resolve() == (REPO_ROOT / "checkpoints.yaml").resolve()
     entries = load_registry()
     for item in entries.values():  # whatever the lead adds must be complete when published
         assert not item.published or (item.revision and item.sha256 and item.repo_id)
@@ -182,7 +184,7 @@ def test_read_evaluation_errors(tmp_path: Path) -> None:
         read_evaluation(tmp_path / "bad.json")
 
 
-# -- local references --------------------------------------------------------------------------------
+# -- local references ------------------------------------------------------------------------------
 def test_checkpoint_folder_and_its_files(tmp_path: Path) -> None:
     folder = write_checkpoint(tmp_path / "ckpt")
     assert is_checkpoint_dir(folder)
@@ -217,7 +219,8 @@ def test_incomplete_checkpoint_names_the_missing_file(tmp_path: Path) -> None:
 def test_missing_paths_and_bad_references(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such file or directory"):
         resolve_model_ref(str(tmp_path / "nope"))
-    with pytest.raises(CheckpointError, match="for a Hub repository write hf://alice/model"):
+    with pytest.raises(CheckpointError, match="if you meant a Hub repository, write "
+                                              "hf://alice/model"):
         resolve_model_ref("alice/model")
     with pytest.raises(ConfigError, match="expected hf://user/name"):
         resolve_model_ref("hf://just-a-name")
@@ -241,7 +244,13 @@ def test_registry_name_errors(tmp_path: Path) -> None:
         resolve_model_ref("camvid-unet", revision="v2", registry=path)
 
 
-# -- model cards ----------------------------------------------------------------------------------
+def test_registry_name_without_any_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("segcl.hub.registry.default_registry_path", lambda: None)
+    with pytest.raises(HubError, match=r"no checkpoints\.yaml found; set SEGCL_REGISTRY"):
+        resolve_model_ref("camvid-unet")
+
+
+# -- model cards -----------------------------------------------------------------------------------
 def _front_matter(card: str) -> dict[str, Any]:
     match = re.match(r"---\n(.*?)\n---\n", card, re.S)
     assert match, "the card must start with YAML front matter"

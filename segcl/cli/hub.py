@@ -59,8 +59,8 @@ def push(
     """Publish a checkpoint to a Hub repository.
 
     Uploads model.safetensors, config.json and a model card regenerated from config.json.
-    Identical files make no new commit. The last line printed is the pinned reference,
-    hf://user/name@<commit sha>.
+    Identical files make no new commit.
+    The last line printed is the pinned reference, hf://user/name@<commit sha>.
     """
     from segcl.hub.remote import push as push_checkpoint
 
@@ -106,8 +106,7 @@ def pull(
 def list_checkpoints(registry: Registry = None) -> None:
     """List the registry's named checkpoints.
 
-    Shows what each one is, its headline metric, the pinned revision and whether it is in the
-    local cache.
+    Shows what each one is, its headline metric, its pinned revision and whether it is cached.
     """
     from huggingface_hub import try_to_load_from_cache
 
@@ -154,8 +153,8 @@ def build(
 ) -> None:
     """Rebuild a registry checkpoint from its recipe and check its metrics.
 
-    Runs the recipe's segcl commands, reads the evaluation JSON they write and compares every
-    metric with the registry's; exit status 1 when one is outside the tolerance.
+    Runs the recipe's segcl commands and reads the evaluation JSON they write.
+    Every metric is compared with the registry's; exit status 1 when one is outside the tolerance.
     """
     from segcl.hub.registry import (
         compare_metrics,

@@ -90,7 +90,8 @@ def register(app: typer.Typer) -> None:
 
             plot_confusion(metrics["confusion_matrix"], metrics["class_names"], confusion)
         if quiet:
-            typer.echo(f"mIoU {metrics['miou'] * 100:.2f}")
+            miou = metrics["miou"]
+            typer.echo("mIoU -" if miou is None else f"mIoU {miou * 100:.2f}")
         else:
             console.print(metrics_table(metrics))
 

@@ -15,7 +15,7 @@ from segcl.data.info import DatasetInfo
 from segcl.data.io import read_image, read_mask
 from segcl.data.layouts import Sample
 from segcl.data.transforms import EvalTransform
-from segcl.errors import DataError
+from segcl.errors import ConfigError, DataError
 
 _DEFAULT_KEYS = {2: ("image", "mask"), 3: ("image", "image2", "mask")}
 
@@ -84,7 +84,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         seed: augmentation seed.
         masks: in-memory masks by sample index (pseudo-labels), used instead of the files.
 
-    A sample without a mask gets an all-ignore mask when the transform needs one.
+    A sample without a mask gets an all-ignore mask when the transform needs one. A transform
+    with an ``ignore_index`` attribute must use the dataset's ignore index (else ConfigError).
     """
 
     def __init__(
@@ -98,6 +99,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.samples = list(samples)
         self.info = info
         self.transform = transform if transform is not None else EvalTransform(None)
+        pad = getattr(self.transform, "ignore_index", info.ignore_index)
+        if pad != info.ignore_index:
+            raise ConfigError(
+                f"the transform fills masks with ignore index {pad} but the dataset uses "
+                f"{info.ignore_index}; pass ignore_index={info.ignore_index}"
+            )
         self.seed = int(seed)
         self.epoch = 0
         self.masks = dict(masks) if masks else {}

@@ -210,28 +210,36 @@ def _listed(
 def _load_folder(
     root: Path, split: str, info: DatasetInfo | None, require_masks: bool
 ) -> tuple[list[Sample], DatasetInfo]:
-    """``root/{split}/images`` + ``masks``, or ``root/images`` + ``masks`` (no splits)."""
+    """``root/{split}/images`` + ``masks``, or ``root/images`` + ``masks`` (no splits).
+
+    With ``require_masks=False`` a plain folder of images (no ``images`` subfolder) is accepted
+    as unlabelled images.
+    """
     if (root / split).is_dir():
         base = root / split
     elif (root / "images").is_dir():
         base = root
+    elif not require_masks and (plain := _index_files(root)):
+        # a plain folder of unlabelled images
+        return [Sample(plain[key], None) for key in sorted(plain)], info or _folder_info(root)
     else:
         raise DataError(
             f"{root}: no '{split}' folder and no 'images' folder "
             f"(expected {root / split / 'images'} or {root / 'images'})"
         )
     samples = _pair(base / "images", base / "masks", require_masks)
-    if info is None:
-        for candidate in (root / DATASET_YAML, root.parent / DATASET_YAML):
-            if candidate.is_file():
-                info = _read_dataset_yaml(candidate)
-                break
-    if info is None:
-        raise ConfigError(
-            f"{root}: no class names for this dataset; pass --classes or write "
-            f"{root / DATASET_YAML} (keys: classes, ignore_index, palette, name)"
-        )
-    return samples, info
+    return samples, info or _folder_info(root)
+
+
+def _folder_info(root: Path) -> DatasetInfo:
+    """The class description in ``dataset.yaml`` of ``root`` or its parent."""
+    for candidate in (root / DATASET_YAML, root.parent / DATASET_YAML):
+        if candidate.is_file():
+            return _read_dataset_yaml(candidate)
+    raise ConfigError(
+        f"{root}: no class names for this dataset; pass --classes or write "
+        f"{root / DATASET_YAML} (keys: classes, ignore_index, palette, name)"
+    )
 
 
 def _load_camvid(

@@ -30,7 +30,8 @@ class DataSplits:
 def dataset_info_override(cfg: DataConfig) -> DatasetInfo | None:
     """A :class:`DatasetInfo` built from ``--classes`` / ``--ignore-index``, if given."""
     if cfg.classes:
-        return DatasetInfo(classes=list(cfg.classes), ignore_index=cfg.ignore_index or 255)
+        ignore = 255 if cfg.ignore_index is None else cfg.ignore_index
+        return DatasetInfo(classes=list(cfg.classes), ignore_index=ignore)
     return None
 
 

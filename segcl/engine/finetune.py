@@ -214,7 +214,7 @@ def finetune(
             seen += batch["image"].shape[0]
             if st.step % cfg.log_every == 0 or st.step == total_steps:
                 ips = seen / max(1e-9, time.perf_counter() - t0)
-                record = {"step": st.step, "epoch": st.epoch, "loss": loss.item(), "lr": lr,
+                record = {"step": st.step, "epoch": st.epoch + 1, "loss": loss.item(), "lr": lr,
                           "images_per_s": round(ips, 2),
                           **{k: round(v.item(), 5) for k, v in logs.items()}}
                 run.log(record)

@@ -130,11 +130,16 @@ def resolve_model_ref(
     if _looks_like_path(text):
         hint = ""
         if _REPO_ID.fullmatch(text):
-            hint = f" (for a Hub repository write {HF_PREFIX}{text})"
+            hint = f" (if you meant a Hub repository, write {HF_PREFIX}{text})"
         raise CheckpointError(f"{text}: no such file or directory{hint}")
 
-    from segcl.hub.registry import load_registry
+    from segcl.hub.registry import REGISTRY_ENV, default_registry_path, load_registry
 
+    if registry is None and default_registry_path() is None:
+        raise HubError(
+            f"'{text}' is not a local path, an {HF_PREFIX} reference or a registry name "
+            f"(no checkpoints.yaml found; set {REGISTRY_ENV})"
+        )
     entries = load_registry(registry)
     entry = entries.get(text)
     if entry is None:

@@ -132,6 +132,13 @@ def _endpoint(endpoint: str | None) -> str:
     return (endpoint or constants.ENDPOINT).rstrip("/")
 
 
+def _unreachable(endpoint: str | None) -> str:
+    """Why the Hub was not asked: offline mode, or no connection."""
+    if constants.is_offline_mode():
+        return "offline mode is on (HF_HUB_OFFLINE=1)"
+    return f"the Hub at {_endpoint(endpoint)} cannot be reached"
+
+
 @contextmanager
 def _hub_errors(repo_id: str, revision: str | None, *, token: str | None,
                 endpoint: str | None, action: str) -> Iterator[None]:
@@ -150,10 +157,8 @@ def _hub_errors(repo_id: str, revision: str | None, *, token: str | None,
         raise HubError(f"{action} {repo_id}: repository not found on {hub} (or it is private and "
                        f"the token cannot read it)") from None
     except LocalEntryNotFoundError:
-        reason = ("offline mode is on (HF_HUB_OFFLINE=1)" if constants.is_offline_mode()
-                  else f"the Hub at {hub} cannot be reached")
         raise HubError(f"{action} {where}: not in the local cache ({constants.HF_HUB_CACHE}) and "
-                       f"{reason}") from None
+                       f"{_unreachable(endpoint)}") from None
     except OfflineModeIsEnabled:
         raise HubError(f"{action} {where}: offline mode is on (HF_HUB_OFFLINE=1)") from None
     except HfHubHTTPError as exc:
@@ -303,7 +308,9 @@ def _download(repo_id: str, filename: str, revision: str, where: str,
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, **kwargs))
     except LocalEntryNotFoundError:
-        raise
+        cache = kwargs.get("cache_dir") or constants.HF_HUB_CACHE
+        raise HubError(f"pull {where}: {filename} is not in the local cache ({cache}) and "
+                       f"{_unreachable(kwargs.get('endpoint'))}") from None
     except EntryNotFoundError:
         raise HubError(f"pull {where}: the repository has no {filename}; "
                        f"it is not a segcl checkpoint") from None

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segcl.losses.ntxent import autocast_off
+
 Range = tuple[int, int]
 
 
@@ -119,6 +121,7 @@ class LinearPixelContrast(torch.autograd.Function):
     """
 
     @staticmethod
+    @autocast_off
     def forward(ctx, q: Tensor, k: Tensor, plan: list[RowBlock], inv_tau: float) -> Tensor:  # type: ignore[override]
         need_grad = any(ctx.needs_input_grad[:2])
         qs = q * inv_tau
@@ -139,6 +142,7 @@ class LinearPixelContrast(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @autocast_off
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         q, k, ln_all, w_all = ctx.saved_tensors
         inv_tau: float = ctx.inv_tau

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from segcl.errors import ConfigError, DataError
 from segcl.losses.distributed import all_gather_variable
-from segcl.losses.ntxent import _check_temperature
+from segcl.losses.ntxent import _check_temperature, autocast_off
 from segcl.losses.pixel import resize_labels
 
 
@@ -106,6 +106,7 @@ class MemoryBank(nn.Module):
         )
 
     @torch.no_grad()
+    @autocast_off
     def update(self, emb: Tensor, labels: Tensor, ignore_index: int) -> None:
         """Enqueue a batch.
 
@@ -218,6 +219,7 @@ def hard_anchor_sampling(
     return torch.cat(feats), torch.cat(labs)
 
 
+@autocast_off
 def cross_image_contrast(
     anchors: Tensor,
     anchor_labels: Tensor,
@@ -296,6 +298,7 @@ class CrossImagePixelContrast(nn.Module):
             f"max_samples={self.max_samples}, max_views={self.max_views}"
         )
 
+    @autocast_off
     def forward(self, emb: Tensor, labels: Tensor, logits: Tensor) -> Tensor:
         if emb.ndim != 4 or labels.ndim != 3 or logits.ndim != 4:
             raise ValueError(

@@ -17,8 +17,11 @@ is the global-batch loss, and DDP gradient averaging reproduces single-process t
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,20 @@ from torch import Tensor, nn
 
 from segcl.errors import ConfigError
 from segcl.losses.distributed import gather_with_grad, is_distributed, rank
+
+F_ = TypeVar("F_", bound=Callable)
+
+
+def autocast_off(fn: F_) -> F_:
+    """Run ``fn`` with CUDA and CPU autocast disabled, so similarities stay float32 even when the
+    training step runs under mixed precision (``exp(1/0.07)`` overflows fp16)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _check_temperature(temperature: float, name: str = "temperature") -> float:
@@ -44,6 +61,7 @@ def _check_pair(z1: Tensor, z2: Tensor) -> None:
         )
 
 
+@autocast_off
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1, gather: bool = False) -> Tensor:
     """NT-Xent loss of two views.
 

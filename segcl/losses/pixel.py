@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from segcl.errors import ConfigError
 from segcl.losses._linear_pixel import LinearPixelContrast, make_plan
 from segcl.losses.distributed import gather_with_grad, is_distributed, world_size
-from segcl.losses.ntxent import _check_temperature
+from segcl.losses.ntxent import _check_temperature, autocast_off
 
 VARIANTS = ("single", "batch")
 
@@ -52,6 +52,7 @@ def _check_block_size(block_size: int) -> int:
     return block_size
 
 
+@autocast_off
 def pixel_contrast_naive(
     emb: Tensor, labels: Tensor, temperature: float, ignore_index: int
 ) -> Tensor:
@@ -87,6 +88,7 @@ def _class_sorted(z: Tensor, compact: Tensor, num: int) -> tuple[Tensor, list[in
     return z[order], [0, *torch.cumsum(counts, 0).tolist()]
 
 
+@autocast_off
 def pixel_contrast_sum(
     anchors: Tensor,
     anchor_labels: Tensor,
@@ -103,9 +105,11 @@ def pixel_contrast_sum(
     removed). Positives of anchor ``i`` are the keys with its label (it must itself be among the
     keys for the self-pair of the paper's formula to count), negatives the other keys.
     """
-    symmetric = keys is None
-    if keys is None or key_labels is None:
-        keys, key_labels = anchors, anchor_labels
+    inv_tau = 1.0 / _check_temperature(temperature)
+    _check_block_size(block_size)
+    symmetric = keys is None or key_labels is None
+    anchors = anchors.float()
+    keys, key_labels = (anchors, anchor_labels) if symmetric else (keys.float(), key_labels)
     uniq, inverse = torch.unique(torch.cat([anchor_labels, key_labels]), return_inverse=True)
     num = uniq.numel()
     zero = anchors.sum() * 0.0 + (0.0 if symmetric else keys.sum() * 0.0)
@@ -116,15 +120,15 @@ def pixel_contrast_sum(
         k_sorted, k_bounds = q_sorted, q_bounds
     else:
         k_sorted, k_bounds = _class_sorted(keys, inverse[anchors.shape[0] :], num)
-    plan = make_plan(q_bounds, k_bounds, _check_block_size(block_size))
+    plan = make_plan(q_bounds, k_bounds, block_size)
     count = sum(blk.r1 - blk.r0 for blk in plan)
     if count == 0:
         return zero, 0
-    tau = _check_temperature(temperature)
-    losses = LinearPixelContrast.apply(q_sorted, k_sorted, plan, 1.0 / tau)
+    losses = LinearPixelContrast.apply(q_sorted, k_sorted, plan, inv_tau)
     return losses.sum(), count
 
 
+@autocast_off
 def pixel_contrast(
     emb: Tensor,
     labels: Tensor,
@@ -256,6 +260,7 @@ class PixelContrastLoss(nn.Module):
             out.append(F.normalize(v, dim=1))
         return out
 
+    @autocast_off
     def forward(self, embeddings: Tensor | Sequence[Tensor], labels: Tensor) -> Tensor:
         views = self._views(embeddings, labels)
         size = (views[0].shape[-2], views[0].shape[-1])

@@ -1,0 +1,138 @@
+"""``segcl pretrain``: SimCLR, multi-scale and label-based pixel contrast pre-training."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from segcl.cli import options as o
+from segcl.cli.progress import RichProgress, console
+from segcl.cli.train import command_line
+
+PRETRAIN_EPILOG = """
+[bold]Examples[/bold]
+
+  segcl pretrain data/camvid --method supcon --labeled-fraction 0.125 --out runs/camvid-supcon
+
+  segcl pretrain data/camvid --method multiscale --losses global,local,pixel \\
+      --labeled-fraction 0.125 --out runs/camvid-ms
+
+  segcl pretrain data/camvid --method simclr --epochs 200 --batch-size 32 --out runs/camvid-simclr
+
+  segcl pretrain data/camvid --method supcon --variant batch --max-pixels 10000 \\
+      --grid 65x65 --out runs/camvid-supcon-batch
+
+  segcl pretrain data/camvid --method supcon --labeled-fraction 0.125 \\
+      --pseudo-labels runs/camvid-ce --out runs/camvid-supcon-pl
+
+  torchrun --nproc_per_node 4 -m segcl pretrain data/camvid --method simclr --out runs/camvid-simclr
+
+  segcl pretrain --resume --out runs/camvid-supcon
+
+Then fine-tune from the result: segcl finetune data/camvid --init runs/camvid-supcon --lr 0.007
+"""
+
+
+def parse_losses(text: str) -> list[str]:
+    """``"global,local"`` -> ``["global", "local"]``."""
+    return [t.strip().lower() for t in text.split(",") if t.strip()]
+
+
+def parse_grid(text: str | None) -> tuple[int, int] | None:
+    """``"65x65"`` -> ``(65, 65)``; empty / ``native`` -> None (the decoder's resolution)."""
+    if not text or text.lower() == "native":
+        return None
+    return o.parse_size(text)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(epilog=PRETRAIN_EPILOG)
+    def pretrain(
+        data: Annotated[Path | None, typer.Argument(help="Dataset folder (not needed with "
+                                                          "--resume).")] = None,
+        method: Annotated[str, typer.Option(
+            help="simclr (global NT-Xent, images only, encoder), multiscale (global + local + "
+                 "pixel terms, see --losses) or supcon (label-based pixel contrast, encoder + "
+                 "decoder).")] = "supcon",
+        out: o.Out = Path("runs/pretrain"),
+        encoder: o.Encoder = "resnet18",
+        decoder: o.Decoder = "unet",
+        losses: Annotated[str, typer.Option(help="multiscale terms: a subset of "
+                                                 "global,local,pixel.")] = "global,local,pixel",
+        variant: Annotated[str, typer.Option(help="Pixel contrast per image (single) or over the "
+                                                  "batch (batch).")] = "single",
+        image_size: o.ImageSize = "192x256",
+        layout: o.Layout = "auto",
+        labeled_fraction: o.LabeledFraction = None,
+        labeled_count: o.LabeledCount = None,
+        classes: o.Classes = None,
+        ignore_index: o.IgnoreIndex = None,
+        epochs: Annotated[int, typer.Option(help="Training epochs over the images.")] = 100,
+        steps: Annotated[int | None, typer.Option(help="Total optimiser steps (overrides "
+                                                       "--epochs; with --resume, extends the "
+                                                       "run).")] = None,
+        batch_size: Annotated[int, typer.Option(help="Images per batch and process.")] = 8,
+        optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
+        lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.1,
+        weight_decay: Annotated[float, typer.Option(help="Weight decay (not on norms/biases).")]
+        = 4e-5,
+        warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before cosine "
+                                                       "decay.")] = 50,
+        temperature: Annotated[float | None, typer.Option(
+            help="Temperature of every term (default: 0.1 global/local, 0.07 pixel).")] = None,
+        grid: Annotated[str | None, typer.Option(
+            help="Resize pixel embeddings to HxW before the pixel loss (paper: 65x65); default: "
+                 "the decoder's native resolution.")] = None,
+        max_pixels: Annotated[int | None, typer.Option(
+            help="Random valid pixels per batch for --variant batch.")] = None,
+        strength: Annotated[float, typer.Option(help="Colour distortion strength of the second "
+                                                     "view.")] = 0.5,
+        encoder_weights: Annotated[str | None, typer.Option(
+            help="Start the encoder from a timm 'hf-hub:' name or a .safetensors file.")] = None,
+        pseudo_labels: Annotated[str | None, typer.Option(
+            help="Teacher model: pseudo-label the unlabelled images and add them to the pixel "
+                 "term.")] = None,
+        unlabeled: Annotated[Path | None, typer.Option(help="Extra folder of unlabelled "
+                                                             "images.")] = None,
+        seed: o.Seed = 0,
+        workers: o.Workers = 2,
+        device: o.Device = "auto",
+        amp: o.Amp = True,
+        resume: o.Resume = False,
+        quiet: o.Quiet = False,
+    ) -> None:
+        """Contrastive pre-training of an encoder (and decoder) for later fine-tuning."""
+        from segcl.config import DataConfig, OptimConfig, PretrainConfig, load_yaml
+        from segcl.engine.pretrain import pretrain as run_pretrain
+        from segcl.errors import ConfigError
+
+        if resume and (out / "config.yaml").is_file():
+            cfg = load_yaml(PretrainConfig, out / "config.yaml")
+            if steps is not None:
+                cfg = replace(cfg, steps=steps)
+        else:
+            if data is None:
+                raise ConfigError("missing DATA argument (the dataset folder)")
+            cfg = PretrainConfig(
+                data=DataConfig(root=str(data), layout=layout, image_size=o.parse_size(image_size),
+                                labeled_fraction=labeled_fraction, labeled_count=labeled_count,
+                                classes=o.parse_classes(classes), ignore_index=ignore_index,
+                                workers=workers, unlabeled=str(unlabeled) if unlabeled else None),
+                optim=OptimConfig(name=optimizer, lr=lr, weight_decay=weight_decay,
+                                  warmup_steps=warmup_steps),
+                out=str(out), method=method, encoder=encoder, decoder=decoder,
+                encoder_weights=encoder_weights, losses=parse_losses(losses), variant=variant,
+                temperature=temperature, grid=parse_grid(grid), max_pixels=max_pixels,
+                strength=strength, pseudo_labels=pseudo_labels, epochs=epochs, steps=steps,
+                batch_size=batch_size, amp=amp, device=device, seed=seed, command=command_line(),
+            )
+        result = run_pretrain(cfg, RichProgress(quiet), resume=resume)
+        if result.get("rank", 0) != 0:  # under torchrun only rank 0 reports
+            return
+        loss = result["final_loss"]
+        done = "nothing left to train" if loss is None else f"final loss {loss:.4f}"
+        console.print(f"{result['method']} ({' + '.join(result['losses'])}): {done} after "
+                      f"{result['steps']} steps; run saved in {result['run_dir']}")

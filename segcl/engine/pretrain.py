@@ -1,0 +1,448 @@
+"""``segcl pretrain``: contrastive pre-training of an encoder (and decoder) with projection heads.
+
+Three methods (methods.md sections 1-3):
+
+- ``simclr``: two random resized, flipped, colour-distorted views of every training image
+  (masks unused); encoder -> global head -> NT-Xent. Only the encoder is trained and saved.
+- ``multiscale``: an image and a colour-distorted copy with the same geometry; any subset of a
+  global term (NT-Xent on the deepest encoder feature), a local term (S x S regions, region ``u``
+  of the image vs region ``u`` of the copy) and a pixel term (label-based pixel contrast on the
+  decoder's dense features over image and copy). The decoder is trained when the pixel term is on.
+- ``supcon``: label-based pixel contrast only (Zhao et al.), encoder + decoder, on the labelled
+  images (image and distorted copy).
+
+Data design: ONE dataset of all training images -- the labelled subset (``--labeled-fraction``)
+with its masks, every other image (plus ``--unlabeled``) with an all-ignore mask, or with a
+pseudo-mask when ``--pseudo-labels`` names a teacher. The image-level terms (global, local) see
+every image; the pixel term only sees labelled pixels, because ignored pixels are never anchors,
+positives or negatives. ``supcon`` trains on the labelled (+ pseudo-labelled) images only. Without
+any labels the pixel term is dropped, with a message and a note in the run's config and metrics.
+
+The loop mirrors :mod:`segcl.engine.finetune`: warm-up + cosine schedule, mixed precision on CUDA
+(the losses always compute in float32), gradient clipping, JSON-lines metrics, atomic
+checkpoints with resume. There is no validation metric: ``best/`` holds the last step's weights.
+Checkpoint weights: ``encoder.*`` (+ ``decoder.*``) exactly as in a
+:class:`~segcl.models.SegmentationModel` without classifier, plus the heads under
+``heads.<name>.*``, so ``segcl finetune --init RUN`` picks up the encoder (and decoder).
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) every process trains on its shard of each epoch
+(:class:`~segcl.engine.data_setup.EpochSampler` with ``rank``/``world``), the model is wrapped
+in DistributedDataParallel, the contrastive losses take their negatives from all processes, and
+only rank 0 writes files and reports progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from segcl.config import PRETRAIN_LOSSES, PRETRAIN_METHODS, PretrainConfig, save_yaml, to_dict
+from segcl.data import (
+    DatasetInfo,
+    PairTransform,
+    Sample,
+    SegmentationDataset,
+    TwoViewTransform,
+    labeled_subset,
+    load_samples,
+    validate_samples,
+)
+from segcl.engine import distributed
+from segcl.engine import state as train_state
+from segcl.engine.callbacks import Callback
+from segcl.engine.checkpoint import (
+    checkpoint_config,
+    load_state_into,
+    read_training_state,
+    read_weights,
+    save_checkpoint,
+)
+from segcl.engine.data_setup import EpochSampler, dataset_info_override, make_loader, normalization
+from segcl.engine.optim import build_optimizer, lr_factor, set_lr
+from segcl.engine.rundir import RunDir
+from segcl.engine.runtime import amp_dtype, autocast, seed_everything, to_device
+from segcl.errors import ConfigError
+from segcl.losses import LocalContrastLoss, NTXentLoss, PixelContrastLoss
+from segcl.models import ModelConfig, SegmentationModel
+from segcl.models.heads import GlobalHead, LocalHead, PixelHead
+
+#: default temperature of each loss term (methods.md: 0.1 for NT-Xent, 0.07 for pixel contrast)
+DEFAULT_TEMPERATURE = {"global": 0.1, "local": 0.1, "pixel": 0.07}
+
+
+# --------------------------------------------------------------------------------------------
+# configuration checks and data
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    """Reject invalid method / loss / variant choices with one-line ConfigErrors."""
+    if cfg.method not in PRETRAIN_METHODS:
+        raise ConfigError(f"unknown method '{cfg.method}'; choose {', '.join(PRETRAIN_METHODS)}")
+    unknown = [t for t in cfg.losses if t not in PRETRAIN_LOSSES]
+    if unknown:
+        raise ConfigError(
+            f"unknown loss term(s) {', '.join(unknown)}; choose from {', '.join(PRETRAIN_LOSSES)}"
+        )
+    if cfg.method == "multiscale" and not cfg.losses:
+        raise ConfigError("--losses is empty; give a subset of global, local, pixel")
+    if cfg.variant not in ("single", "batch"):
+        raise ConfigError(f"unknown --variant '{cfg.variant}'; choose single or batch")
+    if cfg.max_pixels is not None and cfg.variant != "batch":
+        raise ConfigError("--max-pixels only applies to --variant batch")
+    if cfg.pseudo_labels and cfg.method == "simclr":
+        raise ConfigError("--pseudo-labels has no effect with --method simclr (it uses no labels)")
+    if cfg.pseudo_labels and cfg.method == "multiscale" and "pixel" not in cfg.losses:
+        raise ConfigError("--pseudo-labels needs the pixel term (--losses ...,pixel)")
+    if cfg.steps is None and cfg.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if cfg.steps is not None and cfg.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {cfg.steps}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+
+
+def requested_terms(cfg: PretrainConfig) -> list[str]:
+    """The loss terms a method asks for, in canonical order."""
+    if cfg.method == "simclr":
+        return ["global"]
+    if cfg.method == "supcon":
+        return ["pixel"]
+    return [t for t in PRETRAIN_LOSSES if t in cfg.losses]
+
+
+@dataclass
+class PretrainData:
+    """The images of a pre-training run.
+
+    ``samples`` are labelled first (``n_labeled`` of them), then the unlabelled ones;
+    ``masks`` holds in-memory (pseudo-)masks by sample index; ``terms`` / ``dropped`` are the
+    loss terms that will run and the requested ones that cannot (no labels).
+    """
+
+    info: DatasetInfo
+    samples: list[Sample]
+    masks: dict[int, np.ndarray]
+    n_labeled: int
+    n_pseudo: int
+    terms: list[str]
+    dropped: list[str]
+
+
+def split_samples(cfg: PretrainConfig) -> tuple[DatasetInfo, list[Sample], list[Sample]]:
+    """Training images split into the labelled subset and the rest (masks removed).
+
+    The labelled subset is drawn among the images that have a mask with
+    :func:`segcl.data.labeled_subset` -- the same subset ``segcl finetune`` uses for the same
+    ``--seed`` and ``--labeled-fraction`` when every training image has a mask.
+    """
+    d = cfg.data
+    if not d.root:
+        raise ConfigError("no dataset given")
+    train, info = load_samples(d.root, d.train_split, d.layout, dataset_info_override(d),
+                               require_masks=False)
+    if d.ignore_index is not None and not d.classes:
+        info = dataclasses.replace(info, ignore_index=d.ignore_index)
+    pool = [i for i, s in enumerate(train) if s.mask is not None]
+    chosen = (
+        {pool[j] for j in labeled_subset(len(pool), d.labeled_fraction, d.labeled_count, cfg.seed)}
+        if pool
+        else set()
+    )
+    labeled = [s for i, s in enumerate(train) if i in chosen]
+    unlabeled = [dataclasses.replace(s, mask=None) for i, s in enumerate(train) if i not in chosen]
+    if d.unlabeled:
+        extra, _ = load_samples(d.unlabeled, "train", "folder", info, require_masks=False)
+        unlabeled += [Sample(s.image, None) for s in extra]
+    return info, labeled, unlabeled
+
+
+def prepare_data(
+    cfg: PretrainConfig, device: torch.device, cb: Callback, validate: bool = True
+) -> PretrainData:
+    """Load and check the images, pseudo-label if asked, and decide the loss terms."""
+    info, labeled, unlabeled = split_samples(cfg)
+    if validate:
+        validate_samples(labeled + unlabeled, info)
+    terms = requested_terms(cfg)
+    masks: dict[int, np.ndarray] = {}
+    n_pseudo = 0
+    if cfg.pseudo_labels:
+        from segcl.engine.pseudo import pseudo_label
+
+        pseudo, unlabeled = pseudo_label(cfg.pseudo_labels, unlabeled, info, cfg, device, cb)
+        masks = {len(labeled) + i: m for i, m in enumerate(pseudo)}
+        n_pseudo = len(pseudo)
+    has_labels = bool(labeled) or n_pseudo > 0
+    dropped: list[str] = []
+    if "pixel" in terms and not has_labels:
+        if cfg.method == "supcon":
+            raise ConfigError(
+                f"{cfg.data.root}: --method supcon needs masks, and no training image has one"
+            )
+        terms.remove("pixel")
+        dropped.append("pixel")
+        cb.on_message("no labelled images: the pixel term is unavailable; training "
+                      f"{' + '.join(terms) or 'nothing'} only")
+        if not terms:
+            raise ConfigError("no loss term left to train (the pixel term needs masks)")
+    if cfg.method == "simclr" or "pixel" not in terms:  # masks unused: do not read them
+        samples = [dataclasses.replace(s, mask=None) for s in labeled + unlabeled]
+    elif cfg.method == "supcon":
+        samples = labeled + (unlabeled if n_pseudo else [])
+    else:
+        samples = labeled + unlabeled
+    if not samples:
+        raise ConfigError(f"{cfg.data.root}: no training images")
+    return PretrainData(info, samples, masks, len(labeled), n_pseudo, terms, dropped)
+
+
+# --------------------------------------------------------------------------------------------
+# the network: encoder (+ decoder) + heads; forward returns the loss terms
+
+
+class PretrainNet(nn.Module):
+    """Encoder, optional decoder and projection heads; ``forward`` returns the loss terms.
+
+    ``state_dict`` keys are ``encoder.*`` and ``decoder.*`` (as in a
+    :class:`~segcl.models.SegmentationModel`) and ``heads.<term>.*``; the loss modules hold no
+    state. Both inputs are encoded in one batch (``2N`` images); the losses run in float32 with
+    autocast disabled.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module | None,
+        heads: dict[str, nn.Module],
+        criteria: dict[str, nn.Module],
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.heads = nn.ModuleDict(heads)
+        self.criteria = nn.ModuleDict(criteria)
+
+    def forward(self, x1: Tensor, x2: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+        """Loss terms for a batch of pairs ``x1, x2`` ``(N, 3, H, W)`` (and labels ``(N, H, W)``
+        for the pixel term)."""
+        n = x1.shape[0]
+        feats = self.encoder(torch.cat([x1, x2]))
+        out: dict[str, Tensor] = {}
+        proj: dict[str, Tensor] = {}
+        for name in ("global", "local"):
+            if name in self.heads:
+                proj[name] = self.heads[name](feats[-1])
+        if "pixel" in self.heads:
+            if self.decoder is None or mask is None:
+                raise ConfigError("the pixel term needs a decoder and masks")
+            proj["pixel"] = self.heads["pixel"](self.decoder(feats))
+        with torch.autocast(device_type=x1.device.type, enabled=False):
+            for name, z in proj.items():
+                z1, z2 = z[:n].float(), z[n:].float()
+                if name == "pixel":
+                    out[name] = self.criteria[name]([z1, z2], mask)
+                else:
+                    out[name] = self.criteria[name](z1, z2)
+        return out
+
+
+def build_net(
+    cfg: PretrainConfig, model_cfg: ModelConfig, terms: list[str], ignore_index: int,
+    gather: bool,
+) -> PretrainNet:
+    """Build the encoder/decoder of ``model_cfg`` and the heads and losses of ``terms``."""
+    base = SegmentationModel(model_cfg)
+    if cfg.encoder_weights:
+        from segcl.models.weights import load_encoder_weights
+
+        load_encoder_weights(base.encoder, cfg.encoder_weights)
+    deepest = base.encoder.channels[-1]
+    heads: dict[str, nn.Module] = {}
+    criteria: dict[str, nn.Module] = {}
+    tau = {t: DEFAULT_TEMPERATURE[t] if cfg.temperature is None else cfg.temperature
+           for t in terms}
+    if "global" in terms:
+        heads["global"] = GlobalHead(deepest, out_dim=cfg.proj_dim)
+        criteria["global"] = NTXentLoss(tau["global"], gather_distributed=gather)
+    if "local" in terms:
+        heads["local"] = LocalHead(deepest, grid=cfg.local_grid, out_dim=cfg.proj_dim)
+        criteria["local"] = LocalContrastLoss(tau["local"], gather_distributed=gather)
+    if "pixel" in terms:
+        heads["pixel"] = PixelHead(base.decoder.out_channels, dim=cfg.pixel_dim)
+        criteria["pixel"] = PixelContrastLoss(
+            tau["pixel"], ignore_index, variant=cfg.variant,
+            grid=tuple(cfg.grid) if cfg.grid else None, max_pixels=cfg.max_pixels,
+            gather_distributed=gather,
+        )
+    decoder = base.decoder if "pixel" in terms else None
+    return PretrainNet(base.encoder, decoder, heads, criteria)
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+def pretrain(
+    cfg: PretrainConfig, callback: Callback | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Pre-train with ``cfg.method``; returns the run directory, loss terms and final loss.
+
+    Under torchrun (``WORLD_SIZE > 1``) this joins the process group itself; only rank 0 writes
+    files and reports to ``callback``.
+    """
+    check_config(cfg)
+    ctx = distributed.setup(cfg.device)
+    try:
+        result = _pretrain(cfg, ctx, callback or Callback(), resume)
+    except BaseException:
+        distributed.teardown(ctx, wait=False)  # the other processes may be mid-collective
+        raise
+    distributed.teardown(ctx)
+    return result
+
+
+def _pretrain(
+    cfg: PretrainConfig, ctx: distributed.DistContext, callback: Callback, resume: bool
+) -> dict[str, Any]:
+    cb = callback if ctx.is_main else Callback()
+    run = RunDir(cfg.out, resume=resume, write=ctx.is_main)
+    device = ctx.device
+    seed_everything(cfg.seed)
+
+    # ---- data --------------------------------------------------------------------------------
+    data = prepare_data(cfg, device, cb)
+    info, terms = data.info, data.terms
+    mean, std = normalization(cfg.encoder)
+    size = tuple(cfg.data.image_size)
+    if cfg.method == "simclr":
+        transform: Any = TwoViewTransform(size, crop_scale=tuple(cfg.crop_scale),
+                                          strength=cfg.strength, mean=mean, std=std)
+    else:
+        transform = PairTransform(size, scale=tuple(cfg.scale), strength=cfg.strength,
+                                  mean=mean, std=std, ignore_index=info.ignore_index)
+    train_ds = SegmentationDataset(data.samples, info, transform, seed=cfg.seed,
+                                   masks=data.masks or None)
+    sampler = EpochSampler(len(train_ds), cfg.seed, rank=ctx.rank, world=ctx.world)
+    if len(sampler) == 0:
+        raise ConfigError(f"{len(train_ds)} training images cannot be shared by {ctx.world} "
+                          "processes")
+    batch_size = min(cfg.batch_size, len(sampler))
+    loader = make_loader(train_ds, batch_size, cfg.data.workers, device, sampler, drop_last=True)
+    steps_per_epoch = len(sampler) // batch_size
+    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+    labels = ""
+    if "pixel" in terms:
+        labels = f" ({data.n_labeled} labelled" + (
+            f", {data.n_pseudo} pseudo-labelled)" if data.n_pseudo else ")")
+    cb.on_message(
+        f"pretrain {cfg.method} ({' + '.join(terms)}) on {len(train_ds)} images{labels}, "
+        f"batch {batch_size} x {ctx.world} process(es)"
+    )
+
+    # ---- model, heads, optimiser --------------------------------------------------------------
+    model_cfg = ModelConfig(encoder=cfg.encoder, decoder=cfg.decoder, num_classes=0,
+                            decoder_kwargs=dict(cfg.decoder_kwargs))
+    net = build_net(cfg, model_cfg, terms, info.ignore_index, gather=ctx.enabled)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    optimizer = build_optimizer([net], cfg.optim)
+    amp = amp_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+
+    st = train_state.TrainState()
+    if resume:
+        load_state_into(net, read_weights(run.last), str(run.last))
+        st = train_state.unpack(*read_training_state(run.last), optimizer, scaler)
+        run.truncate_metrics(st.step)
+        cb.on_message(f"resumed {run.path} at step {st.step} (epoch {st.epoch})")
+    model = distributed.wrap(net, ctx)
+    trained = ["encoder"] + (["decoder"] if net.decoder is not None else [])
+    cfg = replace(cfg, steps=total_steps, losses=list(terms))
+    if ctx.is_main:
+        save_yaml(cfg, run.path / "config.yaml")
+    last_logs: dict[str, float] = {}
+
+    def save(folder, with_state: bool) -> None:
+        # training losses are not evaluation metrics: they go to "pretrain", not "metrics"
+        config = checkpoint_config(model_cfg.to_dict(), info, mean, std, size, method=cfg.method,
+                                   command=cfg.command, heads=list(terms))
+        config["pretrain"] = {
+            "losses": list(terms), "dropped_losses": data.dropped, "trained": trained,
+            "steps": st.step,
+            "final": {k: v for k, v in last_logs.items() if k in ("loss", *terms)},
+        }
+        config["train"] = to_dict(cfg)
+        save_checkpoint(folder, net.state_dict(), config,
+                        train_state.pack(st, optimizer, scaler) if with_state else None)
+
+    # ---- training loop -----------------------------------------------------------------------
+    cb.on_start(total_steps, st.step, f"pretrain {cfg.method}")
+    if data.dropped and ctx.is_main:
+        run.log({"step": st.step, "epoch": st.epoch, "note": "pixel term dropped (no labels)",
+                 "dropped_losses": data.dropped})
+    model.train()
+    last_save, start_step = time.monotonic(), st.step
+    while st.step < total_steps:
+        sampler.set_epoch(st.epoch)
+        train_ds.set_epoch(st.epoch)
+        t0, seen = time.perf_counter(), 0
+        for batch in loader:
+            batch = to_device(batch, device, channels_last)
+            lr = set_lr(optimizer, cfg.optim.lr,
+                        lr_factor(st.step, total_steps, cfg.optim.warmup_steps,
+                                  cfg.optim.min_lr_ratio))
+            with autocast(device, amp):
+                if cfg.method == "simclr":
+                    losses = model(batch["view1"], batch["view2"])
+                else:
+                    losses = model(batch["image"], batch["image2"], batch["mask"])
+                loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.optim.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            st.step += 1
+            seen += batch["image" if "image" in batch else "view1"].shape[0] * ctx.world
+            if st.step % cfg.log_every == 0 or st.step == total_steps:
+                values = distributed.mean_over_ranks({"loss": loss, **losses}, ctx)
+                if not math.isfinite(values["loss"]):
+                    raise ConfigError(
+                        f"the {cfg.method} loss became {values['loss']} at step {st.step}; "
+                        "lower --lr or set a gradient clip"
+                    )
+                last_logs = {k: round(v, 5) for k, v in values.items()}
+                ips = seen / max(1e-9, time.perf_counter() - t0)
+                record = {"step": st.step, "epoch": st.epoch, "lr": lr,
+                          "images_per_s": round(ips, 2), **last_logs}
+                run.log(record)
+                cb.on_step(st.step, record)
+            if st.step >= total_steps:
+                break
+        st.epoch += 1
+        if ctx.is_main and time.monotonic() - last_save > cfg.save_every_s \
+                and st.step < total_steps:
+            save(run.last, with_state=True)
+            last_save = time.monotonic()
+
+    if ctx.is_main:
+        if st.step > start_step:  # (resuming a finished run changes nothing)
+            save(run.last, with_state=True)
+            save(run.best, with_state=False)
+        from segcl.viz import plot_curves
+
+        plot_curves(run.records(), run.path / "curves.png", keys=["loss", *terms])
+    result = {"run_dir": str(run.path), "method": cfg.method, "losses": list(terms),
+              "dropped_losses": data.dropped, "steps": st.step,
+              "final_loss": last_logs.get("loss"), "rank": ctx.rank}
+    cb.on_end(result)
+    return result

@@ -1,0 +1,47 @@
+"""Shared fixtures: a small generated dataset and a tiny trained run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segcl.data.synthetic import make_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+CAMVID = REPO.parent / "shared" / "data" / "camvid"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m segcl ARGS`` in a subprocess (the way a user runs it)."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env.pop("SEGCL_DEBUG", None) if "SEGCL_DEBUG" not in (env or {}) else None
+    proc = subprocess.run([sys.executable, "-m", "segcl", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"segcl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """A generated folder dataset: 12 train + 4 val images of 48x64, 4 classes."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synth") / "data", n_train=12, n_val=4,
+                                  size=(48, 64), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_data, tmp_path_factory) -> Path:
+    """A run directory fine-tuned for a few steps with a tiny timm encoder."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    run_cli("finetune", str(synthetic_data), "--encoder", "test_resnet", "--image-size", "48x64",
+            "--steps", "6", "--batch-size", "4", "--workers", "0", "--warmup-steps", "2",
+            "--val-every", "1", "--out", str(out), "--quiet", check=True)
+    return out
