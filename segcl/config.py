@@ -17,6 +17,9 @@ from segcl.errors import ConfigError
 
 T = TypeVar("T")
 
+#: Fields that are tuples even where their default is ``None`` (YAML stores lists).
+TUPLE_FIELDS = ("image_size", "scale", "grid", "crop_scale")
+
 
 @dataclass
 class DataConfig:
@@ -204,13 +207,11 @@ def from_dict(cls: type[T], d: dict[str, Any]) -> T:
         raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
     kwargs: dict[str, Any] = {}
     for name, value in d.items():
-        default = hints[name].default_factory if hints[name].default_factory is not dataclasses.MISSING else None  # noqa: E501
-        proto = default() if default is not None else hints[name].default
+        f = hints[name]
+        proto = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(proto) and isinstance(value, dict):
             value = from_dict(type(proto), value)
-        elif isinstance(proto, tuple) and isinstance(value, list):
-            value = tuple(value)
-        elif name in ("image_size", "scale") and isinstance(value, list):
+        elif isinstance(value, list) and (isinstance(proto, tuple) or name in TUPLE_FIELDS):
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)

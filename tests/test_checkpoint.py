@@ -69,7 +69,7 @@ def test_interrupted_swap_is_recovered(tmp_path) -> None:
 
 
 def test_wrong_checkpoint_errors(tmp_path) -> None:
-    with pytest.raises(CheckpointError, match="missing config.json"):
+    with pytest.raises(CheckpointError, match=r"missing config\.json"):
         read_config(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="unreadable safetensors"):

@@ -41,9 +41,10 @@ def _root(
 
 
 def _register() -> None:
-    from segcl.cli import demo, infer, train
+    from segcl.cli import demo, infer, pretrain, train
     from segcl.cli.hub import app as hub_app
 
+    pretrain.register(app)
     train.register(app)
     infer.register(app)
     demo.register(app)

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold]2/3[/bold] fine-tuning {encoder} + U-Net from random init")
         result = finetune(cfg, RichProgress(quiet))
         metrics = evaluate(result["run_dir"], str(data), split="val", device=device, workers=0)
-        console.print(f"[bold]3/3[/bold] predicting masks for the validation images")
+        console.print("[bold]3/3[/bold] predicting masks for the validation images")
         pred = predict(result["run_dir"], [data / "val" / "images"], out / "predictions",
                        device=device, overlay=True)
         console.print(

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from segcl.errors import DataError
+
 # segcl parallelises over images (DataLoader workers, reader threads), never inside one OpenCV
 # call. OpenCV's own thread pool also deadlocks in DataLoader workers forked after it started.
 cv2.setNumThreads(0)
-
-from segcl.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

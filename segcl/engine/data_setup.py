@@ -35,7 +35,9 @@ def dataset_info_override(cfg: DataConfig) -> DatasetInfo | None:
     return None
 
 
-def load_splits(cfg: DataConfig, seed: int, need_val: bool = True, validate: bool = True) -> DataSplits:
+def load_splits(
+    cfg: DataConfig, seed: int, need_val: bool = True, validate: bool = True
+) -> DataSplits:
     """Load the train/val samples and pick the labelled subset (nested for a given ``seed``)."""
     if not cfg.root:
         raise ConfigError("no dataset given")
@@ -60,7 +62,7 @@ def normalization(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Input mean/std of a timm encoder (its pretrained config), ImageNet's otherwise."""
     try:
         cfg = timm.get_pretrained_cfg(encoder.split("hf-hub:")[-1])
-    except Exception:  # noqa: BLE001 - any lookup failure just means "no pretrained config"
+    except Exception:
         cfg = None
     mean = tuple(getattr(cfg, "mean", None) or IMAGENET_MEAN)
     std = tuple(getattr(cfg, "std", None) or IMAGENET_STD)

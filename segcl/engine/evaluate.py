@@ -28,7 +28,7 @@ def eval_loader(
     batch_size: int = 4,
     workers: int = 0,
 ) -> DataLoader:
-    """Loader of normalised images (resized for ``resize``, full size for ``slide``) + full masks."""
+    """Normalised images (resized for ``resize``, full size for ``slide``) and full-size masks."""
     transform = EvalTransform(image_size if mode == "resize" else None, mean=mean, std=std)
     dataset = SegmentationDataset(samples, info, transform)
     return make_loader(dataset, batch_size if mode == "resize" else 1, workers, device,
@@ -47,7 +47,7 @@ def evaluate_loader(
     channels_last: bool = False,
     callback: Callback | None = None,
 ) -> dict[str, Any]:
-    """Run ``model`` over ``loader`` and return the metrics of :func:`segcl.metrics.compute_metrics`."""
+    """Run ``model`` over ``loader``; the metrics of :func:`segcl.metrics.compute_metrics`."""
     cm = ConfusionMatrix(info.num_classes, info.ignore_index, device=device)
     with eval_mode(model):
         for batch in loader:

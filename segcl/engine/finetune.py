@@ -152,7 +152,8 @@ def finetune(
 
     st = train_state.TrainState()
     if resume:
-        load_state_into(model, read_weights(run.last), str(run.last))
+        weights = {k: v for k, v in read_weights(run.last).items() if not k.startswith("heads.")}
+        load_state_into(model, weights, str(run.last))
         if aux is not None:
             aux.load_state(run.last)
         st = train_state.unpack(*read_training_state(run.last), optimizer, scaler)

@@ -1,4 +1,4 @@
-"""``segcl predict``: masks for files and folders, with decoding and writing overlapped with compute.
+"""``segcl predict``: masks for files and folders; decoding and writing overlap with compute.
 
 Pipeline: a thread pool decodes and resizes images a few batches ahead (OpenCV releases the GIL),
 the main thread runs the model (and the upsampling + argmax) batch by batch, and a second thread
@@ -132,7 +132,7 @@ def predict_files(
             if good:
                 masks = _forward(model, good, device, mode, window, amp, channels_last)
                 writes += [(it, writers.submit(_write, it, m, out_dir, palette, overlay, alpha))
-                           for it, m in zip(good, masks)]
+                           for it, m in zip(good, masks, strict=True)]
             done += len(items)
             cb.on_step(done, {})
         for item, fut in writes:
@@ -148,7 +148,9 @@ def predict_files(
 
 
 @torch.inference_mode()
-def _forward(model, items: list[_Item], device, mode, window, amp, channels_last) -> list[np.ndarray]:
+def _forward(
+    model, items: list[_Item], device, mode, window, amp, channels_last
+) -> list[np.ndarray]:
     """Logits -> full-size argmax masks. Same-size inputs share one batched upsample."""
     if mode == "resize":
         x = torch.stack([it.tensor for it in items])

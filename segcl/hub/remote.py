@@ -340,3 +340,17 @@ def _verify(weights: Path, repo_id: str, commit: str, expected: str | None,
             f"{expected[:16]}... from {source}, got {actual[:16]}...; the copy at {location} is "
             f"corrupted or was modified -- delete it and pull again"
         )
+
+
+def fetch_file(repo_id: str, filename: str, revision: str | None = None, *,
+               endpoint: str | None = None, token: str | None = None) -> Path:
+    """Download one file of any Hub repository (e.g. timm weights) into the HF cache."""
+    if not _REPO_ID.fullmatch(repo_id):
+        raise ConfigError(f"{repo_id}: a repository id looks like 'user/name'")
+    rev = revision or "main"
+    kwargs: dict[str, Any] = {"endpoint": endpoint, "token": token}
+    with _hub_errors(repo_id, rev, token=token, endpoint=endpoint, action="fetch"):
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=rev, **kwargs))
+        except EntryNotFoundError:
+            raise HubError(f"fetch {repo_id}@{rev}: the repository has no {filename}") from None

@@ -25,6 +25,16 @@ upstream gradient ``g_i``::
 
 Extra memory is ``O(B^2 + (M + N) D)``. Anchors of a class with no positive or no negative key
 are left out of the plan: their ``l_i`` is 0 with zero gradient.
+
+:class:`SymmetricPixelContrast` is the fast path for the common case keys = anchors (one process,
+no gathering). ``s`` is symmetric, so each unordered pair of row blocks ``(I, J)`` is computed
+once and serves the rows of ``I`` (row sums) and of ``J`` (column sums); in backward the two
+directions are merged into one tile ``H = dS_IJ + dS_JI^T`` (``dz_I += H z_J``,
+``dz_J += H^T z_I``): half the matrix products of the general Function. It also drops the running
+max: when ``|s| <= inv_tau * max|z|^2 <= SHIFT_FREE_LIMIT`` (60, i.e. ``tau >= 1/60`` for unit
+vectors) every ``exp(s)`` lies in ``[e^-60, e^60]`` and any sum of them fits float32, so ``exp(s)``
+is summed directly and shared by both directions. Outside that bound the general (running-max)
+Function is used.
 """
 
 from __future__ import annotations
@@ -167,3 +177,98 @@ class LinearPixelContrast(torch.autograd.Function):
                 dk[c0:c1].addmm_(g.t(), qr)
         dq.mul_(inv_tau)  # dk already carries 1/tau through qs
         return dq, dk, None, None
+
+
+SHIFT_FREE_LIMIT = 60.0
+
+
+@dataclass(frozen=True)
+class SymmetricPlan:
+    """Class-aligned row blocks ``(r0, r1, class)`` of class-sorted rows and per-class counts."""
+
+    blocks: tuple[tuple[int, int, int], ...]
+    counts: tuple[int, ...]
+
+    @classmethod
+    def build(cls, bounds: list[int], block_size: int) -> SymmetricPlan:
+        blocks = tuple(
+            (r0, r1, c)
+            for c in range(len(bounds) - 1)
+            for r0, r1 in split_range(bounds[c], bounds[c + 1], block_size)
+        )
+        counts = tuple(b - a for a, b in itertools.pairwise(bounds))
+        return cls(blocks, counts)
+
+    def pairs(self, same_class: bool) -> list[tuple[int, int, int, int]]:
+        """Unordered block pairs ``(a0, a1, b0, b1)`` with ``I <= J`` of the same / other class
+        (a block is paired with itself only within its class)."""
+        out = []
+        for i, (a0, a1, ca) in enumerate(self.blocks):
+            for b0, b1, cb in self.blocks[i if same_class else i + 1 :]:
+                if (ca == cb) == same_class:
+                    out.append((a0, a1, b0, b1))
+        return out
+
+    def positives_per_row(self, like: Tensor) -> Tensor:
+        sizes = torch.tensor(self.counts, dtype=torch.long, device=like.device)
+        return torch.repeat_interleave(sizes, sizes).to(like.dtype)
+
+
+class SymmetricPixelContrast(torch.autograd.Function):
+    """Per-row losses ``l`` (``M``,) for keys = anchors; see the module docstring.
+
+    ``apply(z, plan, inv_tau)``: ``z`` (``M x D``) float32 sorted by class, every class present in
+    ``plan`` with >= 2 classes overall, ``inv_tau * max|z|^2 <= SHIFT_FREE_LIMIT``.
+    """
+
+    @staticmethod
+    @autocast_off
+    def forward(ctx, z: Tensor, plan: SymmetricPlan, inv_tau: float) -> Tensor:  # type: ignore[override]
+        zs = z * inv_tau
+        neg_sum = z.new_zeros(z.shape[0])
+        for a0, a1, b0, b1 in plan.pairs(same_class=False):
+            e = torch.mm(zs[a0:a1], z[b0:b1].t()).exp_()
+            neg_sum[a0:a1] += e.sum(dim=1)
+            neg_sum[b0:b1] += e.sum(dim=0)
+        ln = neg_sum.log()
+        sp, sg = z.new_zeros(z.shape[0]), z.new_zeros(z.shape[0])
+        for a0, a1, b0, b1 in plan.pairs(same_class=True):
+            s = torch.mm(zs[a0:a1], z[b0:b1].t())
+            if a0 != b0:  # the J side: columns, against LN_j
+                t_cols = torch.sub(ln[None, b0:b1], s)
+                sp[b0:b1] += F.softplus(t_cols).sum(dim=0)
+                sg[b0:b1] += t_cols.sigmoid_().sum(dim=0)
+            t_rows = s.neg_().add_(ln[a0:a1, None])
+            sp[a0:a1] += F.softplus(t_rows).sum(dim=1)
+            sg[a0:a1] += t_rows.sigmoid_().sum(dim=1)
+        n_pos = plan.positives_per_row(z)
+        ctx.save_for_backward(z, neg_sum, ln, sg / n_pos, n_pos)
+        ctx.plan = plan
+        ctx.inv_tau = inv_tau
+        return sp / n_pos
+
+    @staticmethod
+    @autocast_off
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        z, neg_sum, ln, w, n_pos = ctx.saved_tensors
+        plan: SymmetricPlan = ctx.plan
+        zs = z * ctx.inv_tau
+        neg_coef = grad * w / neg_sum  # dl_i/ds_in = g_i w_i exp(s_in) / sum_n exp(s_in)
+        pos_coef = -grad / n_pos  # dl_i/ds_ip = pos_coef_i sigmoid(LN_i - s_ip)
+        dz = torch.zeros_like(z)
+        for a0, a1, b0, b1 in plan.pairs(same_class=False):
+            h = torch.mm(zs[a0:a1], z[b0:b1].t()).exp_()
+            h.mul_(torch.add(neg_coef[a0:a1, None], neg_coef[None, b0:b1]))
+            dz[a0:a1].addmm_(h, z[b0:b1])
+            dz[b0:b1].addmm_(h.t(), z[a0:a1])
+        for a0, a1, b0, b1 in plan.pairs(same_class=True):
+            s = torch.mm(zs[a0:a1], z[b0:b1].t())
+            if a0 == b0:  # diagonal block: H = G + G^T, one product
+                g = s.neg_().add_(ln[a0:a1, None]).sigmoid_().mul_(pos_coef[a0:a1, None])
+                dz[a0:a1].addmm_(g + g.t(), z[a0:a1])
+                continue
+            g_cols = torch.sub(ln[None, b0:b1], s).sigmoid_().mul_(pos_coef[None, b0:b1])
+            h = s.neg_().add_(ln[a0:a1, None]).sigmoid_().mul_(pos_coef[a0:a1, None]).add_(g_cols)
+            dz[a0:a1].addmm_(h, z[b0:b1])
+            dz[b0:b1].addmm_(h.t(), z[a0:a1])
+        return dz.mul_(ctx.inv_tau), None, None

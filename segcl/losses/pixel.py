@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segcl.errors import ConfigError
-from segcl.losses._linear_pixel import LinearPixelContrast, make_plan
+from segcl.losses._linear_pixel import (
+    SHIFT_FREE_LIMIT,
+    LinearPixelContrast,
+    SymmetricPixelContrast,
+    SymmetricPlan,
+    make_plan,
+)
 from segcl.losses.distributed import gather_with_grad, is_distributed, world_size
 from segcl.losses.ntxent import _check_temperature, autocast_off
 
@@ -117,6 +123,10 @@ def pixel_contrast_sum(
         return zero, 0
     q_sorted, q_bounds = _class_sorted(anchors, inverse[: anchors.shape[0]], num)
     if symmetric:
+        bound = inv_tau * float(q_sorted.detach().pow(2).sum(dim=1).max())
+        if bound <= SHIFT_FREE_LIMIT:  # fast path; otherwise the running-max Function below
+            plan = SymmetricPlan.build(q_bounds, block_size)
+            return SymmetricPixelContrast.apply(q_sorted, plan, inv_tau).sum(), anchors.shape[0]
         k_sorted, k_bounds = q_sorted, q_bounds
     else:
         k_sorted, k_bounds = _class_sorted(keys, inverse[anchors.shape[0] :], num)

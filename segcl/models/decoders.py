@@ -54,7 +54,7 @@ class UNetDecoder(nn.Module):
         skips = list(reversed(encoder_channels[:-1]))
         in_ch = encoder_channels[-1]
         self.blocks = nn.ModuleList()
-        for skip_ch, out_ch in zip(skips, decoder_channels):
+        for skip_ch, out_ch in zip(skips, decoder_channels, strict=True):
             self.blocks.append(
                 nn.Sequential(conv_bn_relu(in_ch + skip_ch, out_ch), conv_bn_relu(out_ch, out_ch))
             )
@@ -64,7 +64,7 @@ class UNetDecoder(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
-        for block, skip in zip(self.blocks, reversed(features[:-1])):
+        for block, skip in zip(self.blocks, reversed(features[:-1]), strict=True):
             x = block(torch.cat([_resize_to(x, skip), skip], dim=1))
         return x
 

@@ -46,11 +46,11 @@ class TimmEncoder(nn.Module):
         self.strides: list[int] = list(self.model.feature_info.reduction())
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Return the feature maps, shallowest first, each ``(B, channels[i], H/strides[i], ...)``."""
+        """Feature maps, shallowest first, each ``(B, channels[i], H / strides[i], ...)``."""
         feats = self.model(x)
         # timm returns NHWC maps for a few architectures; decoders expect NCHW.
         out = []
-        for f, c in zip(feats, self.channels):
+        for f, c in zip(feats, self.channels, strict=True):
             if f.ndim == 4 and f.shape[1] != c and f.shape[-1] == c:
                 f = f.permute(0, 3, 1, 2)
             out.append(f)

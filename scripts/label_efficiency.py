@@ -1,0 +1,174 @@
+"""The papers' label-efficiency experiment on one dataset, arm by arm, appended to one results file.
+
+For each labelled fraction and each arm, the same total budget of optimiser steps (``--budget``):
+
+- ``random``: fine-tune from random init for the whole budget;
+- ``simclr`` / ``multiscale`` / ``supcon``: pre-train for ``--pretrain-share`` of the budget, then
+  fine-tune (``--init``) for the rest; ``multiscale:global,local`` etc. select the multi-scale terms
+  (the ablation);
+- ``cross-image``: fine-tune with the auxiliary cross-image pixel contrast for the whole budget;
+- ``supcon-pseudo``: the ``random`` arm's model (same fraction) pseudo-labels the unlabelled
+  images; supcon pre-training and fine-tuning then use labelled + pseudo-labelled images.
+
+Every arm records its val mIoU (``segcl evaluate``), its wall-clock time and its exact commands.
+Arms already in the results file are skipped (``--force`` reruns them), so the table can be built
+across sessions and machines. Writes ``results.json``, ``results.md`` and ``miou_vs_labels.png``.
+
+Examples (2 CPU cores, reduced resolution; on a GPU raise --image-size / --budget / --batch-size):
+
+    python scripts/label_efficiency.py ../shared/data/camvid --layout camvid --fractions 0.125 \\
+        --arms random,supcon --budget 600 --image-size 96x128 --out results/label-efficiency
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PRETRAIN_ARMS = ("simclr", "multiscale", "supcon")
+
+
+def run(args: list[str], log: list[str]) -> None:
+    """Run one segcl command (recorded in ``log``), failing loudly."""
+    log.append("segcl " + " ".join(shlex.quote(a) for a in args))
+    print("$", log[-1], flush=True)
+    proc = subprocess.run([sys.executable, "-m", "segcl", *args])
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {log[-1]}")
+
+
+def arm_commands(arm: str, frac: float, a: argparse.Namespace, work: Path) -> tuple[list, Path]:
+    """The segcl commands of one arm and the run directory whose model gets evaluated."""
+    common = ["--layout", a.layout, "--image-size", a.image_size, "--encoder", a.encoder,
+              "--seed", str(a.seed), "--batch-size", str(a.batch_size), "--workers",
+              str(a.workers), "--labeled-fraction", str(frac), "--quiet"]
+    ft = ["finetune", a.data, *common, "--lr", str(a.finetune_lr), "--val-every",
+          str(a.val_every)]
+    method, _, terms = arm.partition(":")
+    if method in ("random", "cross-image"):
+        extra = ["--contrast", "cross-image"] if method == "cross-image" else []
+        out = work / "finetune"
+        return [[*ft, "--steps", str(a.budget), *extra, "--out", str(out)]], out
+    pre_steps = int(a.budget * a.pretrain_share)
+    pseudo: list[str] = []
+    if method == "supcon-pseudo":
+        teacher = a.out / "runs" / f"random@{frac}" / "finetune"
+        if not teacher.exists():
+            raise SystemExit(f"supcon-pseudo needs the random arm at fraction {frac} first")
+        pseudo, method = ["--pseudo-labels", str(teacher)], "supcon"
+    if method not in PRETRAIN_ARMS:
+        raise SystemExit(f"unknown arm '{arm}'")
+    pre = ["pretrain", a.data, *common, "--method", method, "--steps", str(pre_steps),
+           "--lr", str(a.pretrain_lr), *pseudo, "--out", str(work / "pretrain")]
+    if a.grid:
+        pre += ["--grid", a.grid]
+    if terms:
+        pre += ["--losses", terms]
+    out = work / "finetune"
+    fine = [*ft, "--steps", str(a.budget - pre_steps), "--init", str(work / "pretrain"),
+            *pseudo, "--out", str(out)]
+    return [pre, fine], out
+
+
+def write_reports(results: list[dict[str, Any]], out: Path) -> None:
+    """Markdown table (arms x fractions) and the mIoU-vs-labelled-images plot."""
+    fractions = sorted({r["fraction"] for r in results})
+    arms = list(dict.fromkeys(r["arm"] for r in results))
+    cell = {(r["arm"], r["fraction"]): r for r in results}
+    lines = ["| arm | " + " | ".join(f"{f:g} ({cell_images(results, f)} img)" for f in fractions)
+             + " |", "|---|" + "---|" * len(fractions)]
+    for arm in arms:
+        row = []
+        for f in fractions:
+            r = cell.get((arm, f))
+            row.append("-" if r is None else f"{r['miou'] * 100:.1f} ({r['minutes']:.0f} min)")
+        lines.append(f"| {arm} | " + " | ".join(row) + " |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    from segcl.viz import plot_lines
+
+    series = {arm: sorted((r["labeled_images"], r["miou"] * 100) for r in results
+                          if r["arm"] == arm) for arm in arms}
+    plot_lines(series, out / "miou_vs_labels.png", "labelled images", "val mIoU",
+               "label efficiency")
+
+
+def cell_images(results: list[dict[str, Any]], frac: float) -> int:
+    return next(r["labeled_images"] for r in results if r["fraction"] == frac)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("Examples", 1)[1])
+    p.add_argument("data")
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--out", type=Path, default=Path("results/label-efficiency"))
+    p.add_argument("--fractions", default="0.125")
+    p.add_argument("--arms", default="random,simclr,multiscale,supcon,cross-image,supcon-pseudo")
+    p.add_argument("--budget", type=int, default=600, help="optimiser steps per arm in total")
+    p.add_argument("--pretrain-share", type=float, default=0.5)
+    p.add_argument("--image-size", default="96x128")
+    p.add_argument("--grid", default=None, help="pixel-loss grid HxW for pre-training")
+    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--finetune-lr", type=float, default=0.03)
+    p.add_argument("--pretrain-lr", type=float, default=0.1)
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    a = p.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    results_path = a.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else []
+    for frac in [float(f) for f in a.fractions.split(",")]:
+        for arm in a.arms.split(","):
+            done = [r for r in results if r["arm"] == arm and r["fraction"] == frac]
+            if done and not a.force:
+                print(f"skip {arm} @ {frac}: already measured ({done[0]['miou'] * 100:.1f})")
+                continue
+            work = a.out / "runs" / f"{arm}@{frac}"
+            if work.exists():
+                shutil.rmtree(work)
+            commands, model_dir = arm_commands(arm, frac, a, work)
+            log: list[str] = []
+            t0 = time.time()
+            for cmd in commands:
+                run(cmd, log)
+            minutes = (time.time() - t0) / 60
+            eval_json = work / "eval.json"
+            run(["evaluate", str(model_dir), a.data, "--layout", a.layout, "--json",
+                 str(eval_json), "--quiet"], log)
+            metrics = json.loads(eval_json.read_text())
+            train_cfg = json.loads((model_dir / "best" / "config.json").read_text())
+            n_labeled = _labeled_images(train_cfg)
+            results = [r for r in results if not (r["arm"] == arm and r["fraction"] == frac)]
+            results.append({"arm": arm, "fraction": frac, "labeled_images": n_labeled,
+                            "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
+                            "minutes": round(minutes, 2), "budget_steps": a.budget,
+                            "image_size": a.image_size, "seed": a.seed, "commands": log})
+            results_path.write_text(json.dumps(results, indent=2))
+            write_reports(results, a.out)
+            print(f"{arm} @ {frac}: val mIoU {metrics['miou'] * 100:.2f} in {minutes:.1f} min")
+    print((a.out / "results.md").read_text() if (a.out / "results.md").exists() else "")
+
+
+def _labeled_images(config: dict[str, Any]) -> int:
+    """Number of labelled training images of a run (recomputed from its data config)."""
+    from segcl.config import DataConfig, from_dict
+    from segcl.engine.data_setup import load_splits
+
+    data = from_dict(DataConfig, config["train"]["data"])
+    return len(load_splits(data, config["train"]["seed"], need_val=False,
+                           validate=False).labeled)
+
+
+if __name__ == "__main__":
+    main()
