@@ -36,17 +36,32 @@ def dataset_info_override(cfg: DataConfig) -> DatasetInfo | None:
 
 
 def load_splits(
-    cfg: DataConfig, seed: int, need_val: bool = True, validate: bool = True
+    cfg: DataConfig,
+    seed: int,
+    need_val: bool = True,
+    validate: bool = True,
+    require_masks: bool = True,
 ) -> DataSplits:
-    """Load the train/val samples and pick the labelled subset (nested for a given ``seed``)."""
+    """Load the train/val samples and pick the labelled subset (nested for a given ``seed``).
+
+    The labelled subset is drawn among the training images that have a mask; every other
+    training image (and ``cfg.unlabeled``) is returned without its mask in ``unlabeled``. With
+    ``require_masks=False`` training images without a mask are allowed (pre-training).
+    """
     if not cfg.root:
         raise ConfigError("no dataset given")
-    train, info = load_samples(cfg.root, cfg.train_split, cfg.layout, dataset_info_override(cfg))
+    train, info = load_samples(cfg.root, cfg.train_split, cfg.layout, dataset_info_override(cfg),
+                               require_masks=require_masks)
     if cfg.ignore_index is not None and not cfg.classes:
         info = dataclasses.replace(info, ignore_index=cfg.ignore_index)
-    idx = set(labeled_subset(len(train), cfg.labeled_fraction, cfg.labeled_count, seed))
-    labeled = [s for i, s in enumerate(train) if i in idx]
-    unlabeled = [s for i, s in enumerate(train) if i not in idx]
+    pool = [i for i, s in enumerate(train) if s.mask is not None]
+    chosen = (
+        {pool[j] for j in labeled_subset(len(pool), cfg.labeled_fraction, cfg.labeled_count, seed)}
+        if pool
+        else set()
+    )
+    labeled = [s for i, s in enumerate(train) if i in chosen]
+    unlabeled = [dataclasses.replace(s, mask=None) for i, s in enumerate(train) if i not in chosen]
     if cfg.unlabeled:
         extra, _ = load_samples(cfg.unlabeled, "train", "folder", info, require_masks=False)
         unlabeled += [Sample(s.image, None) for s in extra]

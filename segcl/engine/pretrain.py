@@ -50,8 +50,6 @@ from segcl.data import (
     Sample,
     SegmentationDataset,
     TwoViewTransform,
-    labeled_subset,
-    load_samples,
     validate_samples,
 )
 from segcl.engine import distributed
@@ -64,7 +62,7 @@ from segcl.engine.checkpoint import (
     read_weights,
     save_checkpoint,
 )
-from segcl.engine.data_setup import EpochSampler, dataset_info_override, make_loader, normalization
+from segcl.engine.data_setup import EpochSampler, load_splits, make_loader, normalization
 from segcl.engine.optim import build_optimizer, lr_factor, set_lr
 from segcl.engine.rundir import RunDir
 from segcl.engine.runtime import amp_dtype, autocast, seed_everything, to_device
@@ -138,29 +136,12 @@ class PretrainData:
 def split_samples(cfg: PretrainConfig) -> tuple[DatasetInfo, list[Sample], list[Sample]]:
     """Training images split into the labelled subset and the rest (masks removed).
 
-    The labelled subset is drawn among the images that have a mask with
-    :func:`segcl.data.labeled_subset` -- the same subset ``segcl finetune`` uses for the same
-    ``--seed`` and ``--labeled-fraction`` when every training image has a mask.
+    The same subset ``segcl finetune`` uses for the same ``--seed`` and ``--labeled-fraction``
+    (:func:`segcl.engine.data_setup.load_splits`); images without a mask are allowed here.
     """
-    d = cfg.data
-    if not d.root:
-        raise ConfigError("no dataset given")
-    train, info = load_samples(d.root, d.train_split, d.layout, dataset_info_override(d),
-                               require_masks=False)
-    if d.ignore_index is not None and not d.classes:
-        info = dataclasses.replace(info, ignore_index=d.ignore_index)
-    pool = [i for i, s in enumerate(train) if s.mask is not None]
-    chosen = (
-        {pool[j] for j in labeled_subset(len(pool), d.labeled_fraction, d.labeled_count, cfg.seed)}
-        if pool
-        else set()
-    )
-    labeled = [s for i, s in enumerate(train) if i in chosen]
-    unlabeled = [dataclasses.replace(s, mask=None) for i, s in enumerate(train) if i not in chosen]
-    if d.unlabeled:
-        extra, _ = load_samples(d.unlabeled, "train", "folder", info, require_masks=False)
-        unlabeled += [Sample(s.image, None) for s in extra]
-    return info, labeled, unlabeled
+    splits = load_splits(cfg.data, cfg.seed, need_val=False, validate=False,
+                         require_masks=False)
+    return splits.info, splits.labeled, splits.unlabeled
 
 
 def prepare_data(
