@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
+from segcl.config import DataConfig
 from segcl.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -61,3 +64,32 @@ EvalMode = Annotated[str, typer.Option(
                    "the training size.")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint "
                                            "(its saved config.yaml is used).")]
+
+
+def data_config(
+    data: Path | None,
+    layout: str,
+    image_size: str,
+    labeled_fraction: float | None,
+    labeled_count: int | None,
+    classes: str | None,
+    ignore_index: int | None,
+    workers: int,
+    unlabeled: Path | None,
+) -> DataConfig:
+    """The :class:`DataConfig` of the shared data options of ``finetune`` and ``pretrain``."""
+    if data is None:
+        raise ConfigError("missing DATA argument (the dataset folder)")
+    return DataConfig(root=str(data), layout=layout, image_size=parse_size(image_size),
+                      labeled_fraction=labeled_fraction, labeled_count=labeled_count,
+                      classes=parse_classes(classes), ignore_index=ignore_index,
+                      workers=workers, unlabeled=str(unlabeled) if unlabeled else None)
+
+
+def saved_config(cls: type[T], out: Path, resume: bool) -> T | None:
+    """With ``--resume``, the run's saved ``config.yaml`` (flags other than --out are ignored)."""
+    from segcl.config import load_yaml
+
+    if resume and (out / "config.yaml").is_file():
+        return load_yaml(cls, out / "config.yaml")
+    return None

@@ -105,22 +105,16 @@ def register(app: typer.Typer) -> None:
         quiet: o.Quiet = False,
     ) -> None:
         """Contrastive pre-training of an encoder (and decoder) for later fine-tuning."""
-        from segcl.config import DataConfig, OptimConfig, PretrainConfig, load_yaml
+        from segcl.config import OptimConfig, PretrainConfig
         from segcl.engine.pretrain import pretrain as run_pretrain
-        from segcl.errors import ConfigError
 
-        if resume and (out / "config.yaml").is_file():
-            cfg = load_yaml(PretrainConfig, out / "config.yaml")
-            if steps is not None:
-                cfg = replace(cfg, steps=steps)
-        else:
-            if data is None:
-                raise ConfigError("missing DATA argument (the dataset folder)")
+        cfg = o.saved_config(PretrainConfig, out, resume)
+        if cfg is not None and steps is not None:
+            cfg = replace(cfg, steps=steps)
+        if cfg is None:
             cfg = PretrainConfig(
-                data=DataConfig(root=str(data), layout=layout, image_size=o.parse_size(image_size),
-                                labeled_fraction=labeled_fraction, labeled_count=labeled_count,
-                                classes=o.parse_classes(classes), ignore_index=ignore_index,
-                                workers=workers, unlabeled=str(unlabeled) if unlabeled else None),
+                data=o.data_config(data, layout, image_size, labeled_fraction, labeled_count,
+                                   classes, ignore_index, workers, unlabeled),
                 optim=OptimConfig(name=optimizer, lr=lr, weight_decay=weight_decay,
                                   warmup_steps=warmup_steps),
                 out=str(out), method=method, encoder=encoder, decoder=decoder,

@@ -84,26 +84,15 @@ def register(app: typer.Typer) -> None:
         quiet: o.Quiet = False,
     ) -> None:
         """Train a segmentation model with cross-entropy on (a labelled subset of) a dataset."""
-        from segcl.config import (
-            ContrastConfig,
-            DataConfig,
-            FinetuneConfig,
-            OptimConfig,
-            load_yaml,
-        )
+        from segcl.config import ContrastConfig, FinetuneConfig, OptimConfig
         from segcl.engine.finetune import finetune as run_finetune
         from segcl.errors import ConfigError
 
-        if resume and (out / "config.yaml").is_file():
-            cfg = load_yaml(FinetuneConfig, out / "config.yaml")
-        else:
-            if data is None:
-                raise ConfigError("missing DATA argument (the dataset folder)")
+        cfg = o.saved_config(FinetuneConfig, out, resume)
+        if cfg is None:
             cfg = FinetuneConfig(
-                data=DataConfig(root=str(data), layout=layout, image_size=o.parse_size(image_size),
-                                labeled_fraction=labeled_fraction, labeled_count=labeled_count,
-                                classes=o.parse_classes(classes), ignore_index=ignore_index,
-                                workers=workers, unlabeled=str(unlabeled) if unlabeled else None),
+                data=o.data_config(data, layout, image_size, labeled_fraction, labeled_count,
+                                   classes, ignore_index, workers, unlabeled),
                 optim=OptimConfig(name=optimizer, lr=lr, weight_decay=weight_decay,
                                   warmup_steps=warmup_steps),
                 contrast=ContrastConfig(enabled=contrast is not None, weight=contrast_weight,
