@@ -94,3 +94,12 @@ def test_label_out_of_range_is_named(synthetic_data, tmp_path) -> None:
     Image.fromarray(mask).save(mask_path)
     proc = run_cli("finetune", str(data), "--encoder", "test_resnet", "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and "synth_0001" in proc.stderr and "9" in proc.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path) -> None:
+    proc = run_cli("demo", "--out", str(tmp_path / "demo"), "--encoder", "test_resnet",
+                   "--epochs", "1", "--device", "cpu", "--quiet", check=True)
+    assert "random init" in proc.stdout and "supcon pre-training" in proc.stdout
+    assert len(list((tmp_path / "demo" / "predictions").rglob("*.png"))) == 16
+    again = run_cli("demo", "--out", str(tmp_path / "demo"), "--quiet")
+    assert again.returncode == 2 and "already holds a demo" in again.stderr

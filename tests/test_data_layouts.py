@@ -348,7 +348,7 @@ def test_pseudo_label_masks_override_files(tmp_path):
 
 def test_unreadable_image_and_colour_mask(tmp_path):
     corrupt = tmp_path / "broken.jpg"
-    corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
+    corrupt.write_bytes(b"not an image at all")  # (a JPEG cut short: tests/test_data_io.py)
     with pytest.raises(DataError, match=r"broken\.jpg: unreadable image"):
         read_image(corrupt)
     with pytest.raises(DataError, match=r"missing\.png: image not found"):

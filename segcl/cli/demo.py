@@ -23,41 +23,67 @@ def register(app: typer.Typer) -> None:
         out: o.Out = Path("segcl-demo"),
         encoder: o.Encoder = "resnet18",
         epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 12,
+        pretrain: Annotated[bool, typer.Option(
+            help="Also pre-train with label-based pixel contrast (supcon) and fine-tune from it, "
+                 "to compare with and without pre-training.")] = True,
         seed: o.Seed = 0,
         device: o.Device = "auto",
         quiet: o.Quiet = False,
     ) -> None:
-        """Generate a small synthetic dataset, fine-tune, evaluate and predict on it."""
-        from segcl.config import DataConfig, FinetuneConfig, OptimConfig
+        """Generate a synthetic dataset; pre-train, fine-tune, evaluate and predict on it."""
+        from segcl.config import DataConfig, FinetuneConfig, OptimConfig, PretrainConfig
         from segcl.data.synthetic import make_synthetic_dataset
         from segcl.engine.evaluate import evaluate
         from segcl.engine.finetune import finetune
         from segcl.engine.predict import predict
+        from segcl.engine.pretrain import pretrain as run_pretrain
         from segcl.errors import ConfigError
 
         if (out / "runs").exists():
             raise ConfigError(f"{out}: already holds a demo; choose another --out or remove it")
-        data = make_synthetic_dataset(out / "data", n_train=64, n_val=16, size=(96, 128),
-                                      seed=seed)
-        console.print(f"[bold]1/3[/bold] generated a synthetic dataset in {data}")
-        cfg = FinetuneConfig(
-            data=DataConfig(root=str(data), image_size=(96, 128), workers=0),
-            optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=10),
-            out=str(out / "runs" / "finetune"), encoder=encoder,
-            decoder_kwargs={"decoder_channels": [128, 64, 32, 16]},
-            epochs=epochs, batch_size=8, val_every=4, seed=seed, device=device,
-            command=f"segcl demo --out {out} --encoder {encoder} --epochs {epochs} --seed {seed}",
-        )
-        console.print(f"[bold]2/3[/bold] fine-tuning {encoder} + U-Net from random init")
-        result = finetune(cfg, RichProgress(quiet))
-        metrics = evaluate(result["run_dir"], str(data), split="val", device=device, workers=0)
-        console.print("[bold]3/3[/bold] predicting masks for the validation images")
-        pred = predict(result["run_dir"], [data / "val" / "images"], out / "predictions",
+        size = (96, 128)
+        data = make_synthetic_dataset(out / "data", n_train=64, n_val=16, size=size, seed=seed)
+        data_cfg = DataConfig(root=str(data), image_size=size, labeled_count=16, workers=0)
+        console.print(f"[bold]1/4[/bold] generated a synthetic dataset in {data} "
+                      f"(64 train images, 16 of them labelled; 16 val)")
+        decoder_kwargs = {"decoder_channels": [128, 64, 32, 16]}
+        command = f"segcl demo --out {out} --encoder {encoder} --epochs {epochs} --seed {seed}"
+
+        def fine_tune(name: str, init: str | None) -> dict:
+            cfg = FinetuneConfig(
+                data=data_cfg, optim=OptimConfig(name="adamw", lr=1e-3, warmup_steps=10),
+                out=str(out / "runs" / name), encoder=encoder, decoder_kwargs=decoder_kwargs,
+                init=init, epochs=epochs * 4, batch_size=8, val_every=epochs, seed=seed,
+                device=device, command=command,
+            )
+            return finetune(cfg, RichProgress(quiet))
+
+        console.print(f"[bold]2/4[/bold] fine-tuning {encoder} + U-Net from random init")
+        scratch = fine_tune("finetune", None)
+        results = {"random init": scratch}
+        if pretrain:
+            console.print("[bold]3/4[/bold] supcon pre-training on the labelled images, "
+                          "then fine-tuning from it")
+            pre = PretrainConfig(
+                data=data_cfg, out=str(out / "runs" / "supcon"), method="supcon",
+                encoder=encoder, decoder_kwargs=decoder_kwargs, grid=(24, 32),
+                optim=OptimConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=4e-5,
+                                  warmup_steps=5),
+                steps=epochs * 4, batch_size=8, seed=seed, device=device, command=command,
+            )
+            run_pretrain(pre, RichProgress(quiet))
+            results["supcon pre-training"] = fine_tune("supcon-finetune", pre.out)
+        best = max(results.values(), key=lambda r: r["best_miou"])
+        metrics = evaluate(best["run_dir"], str(data), split="val", device=device, workers=0)
+        console.print("[bold]4/4[/bold] predicting masks for the validation images")
+        pred = predict(best["run_dir"], [data / "val" / "images"], out / "predictions",
                        device=device, overlay=True)
+        for name, r in results.items():
+            console.print(f"val mIoU {r['best_miou'] * 100:6.2f}  {name}  ({r['run_dir']})")
         console.print(
-            f"\nval mIoU {metrics['miou'] * 100:.2f} (pixel accuracy "
+            f"\nbest: {best['run_dir']} (val mIoU {metrics['miou'] * 100:.2f}, pixel accuracy "
             f"{metrics['pixel_accuracy'] * 100:.2f})\n"
-            f"  run:         {result['run_dir']}  (config.yaml, metrics.jsonl, curves.png, best/)\n"
+            f"  runs:        {out / 'runs'}  (config.yaml, metrics.jsonl, curves.png, best/)\n"
             f"  predictions: {out / 'predictions'}  ({len(pred.written)} masks + overlays)\n"
-            f"  next:        segcl evaluate {result['run_dir']} {data}"
+            f"  next:        segcl evaluate {best['run_dir']} {data}"
         )

@@ -121,6 +121,6 @@ def register(app: typer.Typer) -> None:
         console.print(f"wrote {len(result.written)} masks to {out}")
         if result.failed:
             console.print(f"[red]{len(result.failed)} file(s) could not be processed:")
-            for path, reason in result.failed:
-                console.print(f"  {path}: {reason}", markup=False)
+            for _, reason in result.failed:  # each reason names its file
+                console.print(f"  {reason}", markup=False, soft_wrap=True)
             raise typer.Exit(1)

@@ -25,15 +25,28 @@ def read_image(path: str | Path) -> np.ndarray:
     """Read an image as an ``HxWx3`` uint8 RGB array.
 
     Grayscale and 16-bit files are converted to 8-bit RGB by OpenCV. Raises :class:`DataError`
-    naming the file when it is missing or cannot be decoded.
+    naming the file when it is missing, cannot be decoded, or is a truncated JPEG (which
+    OpenCV would silently decode with its missing part grey).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: image not found")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except (FileNotFoundError, IsADirectoryError):
+        raise DataError(f"{path}: image not found") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read image ({err.strerror})") from None
+    if data[:2].tobytes() == _JPEG_SOI and _JPEG_EOI not in data[-1024:].tobytes():
+        raise DataError(f"{path}: truncated JPEG (no end-of-image marker)")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise DataError(f"{path}: unreadable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+# JPEG start/end-of-image markers; 0xFF is byte-stuffed inside entropy-coded data, so an EOI
+# marker can only be a marker.
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -31,6 +31,7 @@ class PredictResult:
     """What a prediction run did."""
 
     written: list[Path] = field(default_factory=list)
+    #: (input file, one-line reason naming the file)
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
@@ -139,7 +140,7 @@ def predict_files(
             try:
                 result.written.append(fut.result())
             except (OSError, DataError) as err:
-                result.failed.append((item.path, f"could not write mask: {err}"))
+                result.failed.append((item.path, f"{item.path}: could not write mask: {err}"))
     finally:
         readers.shutdown(wait=True, cancel_futures=True)
         writers.shutdown(wait=True)

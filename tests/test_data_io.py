@@ -1,0 +1,27 @@
+"""read_image refuses truncated JPEGs that OpenCV would decode half-grey."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from segcl.data import read_image
+from segcl.errors import DataError
+
+
+def test_truncated_jpeg_is_refused_and_whole_one_read(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".jpg", image)
+    assert ok
+    whole, cut = tmp_path / "whole.jpg", tmp_path / "cut.jpg"
+    whole.write_bytes(buf.tobytes())
+    cut.write_bytes(buf.tobytes()[: len(buf) // 2])
+    assert read_image(whole).shape == (64, 80, 3)
+    assert cv2.imread(str(cut)) is not None  # OpenCV alone would accept it
+    with pytest.raises(DataError, match="cut.jpg: truncated JPEG"):
+        read_image(cut)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match="unreadable image"):
+        read_image(tmp_path / "empty.png")
