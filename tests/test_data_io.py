@@ -20,7 +20,7 @@ def test_truncated_jpeg_is_refused_and_whole_one_read(tmp_path) -> None:
     cut.write_bytes(buf.tobytes()[: len(buf) // 2])
     assert read_image(whole).shape == (64, 80, 3)
     assert cv2.imread(str(cut)) is not None  # OpenCV alone would accept it
-    with pytest.raises(DataError, match="cut.jpg: truncated JPEG"):
+    with pytest.raises(DataError, match=r"cut\.jpg: truncated JPEG"):
         read_image(cut)
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(DataError, match="unreadable image"):
