@@ -21,8 +21,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None,
             check: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m segcl ARGS`` in a subprocess (the way a user runs it)."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    full_env.pop("SEGCL_DEBUG", None) if "SEGCL_DEBUG" not in (env or {}) else None
+    full_env = {k: v for k, v in os.environ.items() if k != "SEGCL_DEBUG"}
+    full_env.update({"PYTHONPATH": str(REPO), **(env or {})})
     proc = subprocess.run([sys.executable, "-m", "segcl", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=600)
     if check and proc.returncode != 0:

@@ -9,6 +9,7 @@ import typer
 
 from segcl.cli import options as o
 from segcl.cli.progress import RichProgress, console
+from segcl.cli.progress import results as stdout
 
 DEMO_EPILOG = """
 [bold]Example[/bold]
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
 
         console.print(f"[bold]2/4[/bold] fine-tuning {encoder} + U-Net from random init")
         scratch = fine_tune("finetune", None)
-        results = {"random init": scratch}
+        runs = {"random init": scratch}
         if pretrain:
             console.print("[bold]3/4[/bold] supcon pre-training on the labelled images, "
                           "then fine-tuning from it")
@@ -72,15 +73,15 @@ def register(app: typer.Typer) -> None:
                 steps=epochs * 4, batch_size=8, seed=seed, device=device, command=command,
             )
             run_pretrain(pre, RichProgress(quiet))
-            results["supcon pre-training"] = fine_tune("supcon-finetune", pre.out)
-        best = max(results.values(), key=lambda r: r["best_miou"])
+            runs["supcon pre-training"] = fine_tune("supcon-finetune", pre.out)
+        best = max(runs.values(), key=lambda r: r["best_miou"])
         metrics = evaluate(best["run_dir"], str(data), split="val", device=device, workers=0)
         console.print("[bold]4/4[/bold] predicting masks for the validation images")
         pred = predict(best["run_dir"], [data / "val" / "images"], out / "predictions",
                        device=device, overlay=True)
-        for name, r in results.items():
-            console.print(f"val mIoU {r['best_miou'] * 100:6.2f}  {name}  ({r['run_dir']})")
-        console.print(
+        for name, r in runs.items():
+            stdout.print(f"val mIoU {r['best_miou'] * 100:6.2f}  {name}  ({r['run_dir']})")
+        stdout.print(
             f"\nbest: {best['run_dir']} (val mIoU {metrics['miou'] * 100:.2f}, pixel accuracy "
             f"{metrics['pixel_accuracy'] * 100:.2f})\n"
             f"  runs:        {out / 'runs'}  (config.yaml, metrics.jsonl, curves.png, best/)\n"

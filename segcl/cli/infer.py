@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from segcl.cli import options as o
-from segcl.cli.progress import RichProgress, console
+from segcl.cli.progress import RichProgress, console, results
 
 EVALUATE_EPILOG = """
 [bold]Examples[/bold]
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
             miou = metrics["miou"]
             typer.echo("mIoU -" if miou is None else f"mIoU {miou * 100:.2f}")
         else:
-            console.print(metrics_table(metrics))
+            results.print(metrics_table(metrics))
 
     @app.command(epilog=PREDICT_EPILOG)
     def predict(
@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
         result = run_predict(model, inputs, out, batch_size=batch_size, device=device, mode=mode,
                              overlay=overlay, threads=threads, amp=amp,
                              callback=RichProgress(quiet))
-        console.print(f"wrote {len(result.written)} masks to {out}")
+        results.print(f"wrote {len(result.written)} masks to {out}")
         if result.failed:
             console.print(f"[red]{len(result.failed)} file(s) could not be processed:")
             for _, reason in result.failed:  # each reason names its file

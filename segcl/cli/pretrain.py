@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from segcl.cli import options as o
-from segcl.cli.progress import RichProgress, console
+from segcl.cli.progress import RichProgress, results
 from segcl.cli.train import command_line
 
 PRETRAIN_EPILOG = """
@@ -128,5 +128,5 @@ def register(app: typer.Typer) -> None:
             return
         loss = result["final_loss"]
         done = "nothing left to train" if loss is None else f"final loss {loss:.4f}"
-        console.print(f"{result['method']} ({' + '.join(result['losses'])}): {done} after "
+        results.print(f"{result['method']} ({' + '.join(result['losses'])}): {done} after "
                       f"{result['steps']} steps; run saved in {result['run_dir']}")

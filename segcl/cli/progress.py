@@ -16,7 +16,9 @@ from rich.progress import (
 
 from segcl.engine.callbacks import Callback
 
+#: progress, messages and problems go to stderr; results go to stdout (``results``).
 console = Console(stderr=True)
+results = Console()
 
 
 class RichProgress(Callback):

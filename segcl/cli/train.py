@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from segcl.cli import options as o
-from segcl.cli.progress import RichProgress, console
+from segcl.cli.progress import RichProgress, results
 
 FINETUNE_EPILOG = """
 [bold]Examples[/bold]
@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
             if contrast not in (None, "cross-image"):
                 raise ConfigError(f"unknown --contrast '{contrast}'; the choice is cross-image")
         result = run_finetune(cfg, RichProgress(quiet), resume=resume)
-        console.print(
+        results.print(
             f"best val mIoU {result['best_miou'] * 100:.2f} at step {result['best_step']}; "
             f"run saved in {result['run_dir']}"
         )
