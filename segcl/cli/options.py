@@ -62,6 +62,14 @@ EvalMode = Annotated[str, typer.Option(
                    "model's training size and upsamples the logits to the original size; "
                    "'slide' keeps the original resolution and averages overlapping windows of "
                    "the training size.")]
+Optimizer = Annotated[str, typer.Option(help="sgd or adamw.")]
+LearningRate = Annotated[float, typer.Option(help="Peak learning rate.")]
+WeightDecay = Annotated[float, typer.Option(help="Weight decay (not on norms/biases).")]
+WarmupSteps = Annotated[int, typer.Option(help="Linear warm-up steps before cosine decay.")]
+EncoderWeights = Annotated[str | None, typer.Option(
+    help="Encoder weights from elsewhere: a timm 'hf-hub:' name, hf://user/name or a "
+         ".safetensors file (hub names need network access or a warm cache).")]
+Unlabeled = Annotated[Path | None, typer.Option(help="Extra folder of unlabelled images.")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint "
                                            "(its saved config.yaml is used).")]
 

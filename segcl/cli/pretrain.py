@@ -75,12 +75,10 @@ def register(app: typer.Typer) -> None:
                                                        "--epochs; with --resume, extends the "
                                                        "run).")] = None,
         batch_size: Annotated[int, typer.Option(help="Images per batch and process.")] = 8,
-        optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
-        lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.1,
-        weight_decay: Annotated[float, typer.Option(help="Weight decay (not on norms/biases).")]
-        = 4e-5,
-        warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before cosine "
-                                                       "decay.")] = 50,
+        optimizer: o.Optimizer = "sgd",
+        lr: o.LearningRate = 0.1,
+        weight_decay: o.WeightDecay = 4e-5,
+        warmup_steps: o.WarmupSteps = 50,
         temperature: Annotated[float | None, typer.Option(
             help="Temperature of every term (default: 0.1 global/local, 0.07 pixel).")] = None,
         grid: Annotated[str | None, typer.Option(
@@ -90,13 +88,11 @@ def register(app: typer.Typer) -> None:
             help="Random valid pixels per batch for --variant batch.")] = None,
         strength: Annotated[float, typer.Option(help="Colour distortion strength of the second "
                                                      "view.")] = 0.5,
-        encoder_weights: Annotated[str | None, typer.Option(
-            help="Start the encoder from a timm 'hf-hub:' name or a .safetensors file.")] = None,
+        encoder_weights: o.EncoderWeights = None,
         pseudo_labels: Annotated[str | None, typer.Option(
             help="Teacher model: pseudo-label the unlabelled images and add them to the pixel "
                  "term.")] = None,
-        unlabeled: Annotated[Path | None, typer.Option(help="Extra folder of unlabelled "
-                                                             "images.")] = None,
+        unlabeled: o.Unlabeled = None,
         seed: o.Seed = 0,
         workers: o.Workers = 2,
         device: o.Device = "auto",

@@ -46,21 +46,17 @@ def register(app: typer.Typer) -> None:
         steps: Annotated[int | None, typer.Option(help="Total optimiser steps (overrides "
                                                        "--epochs).")] = None,
         batch_size: o.BatchSize = 8,
-        optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
-        lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.01,
-        weight_decay: Annotated[float, typer.Option(help="Weight decay (not on norms/biases).")]
-        = 1e-4,
-        warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before cosine "
-                                                       "decay.")] = 50,
+        optimizer: o.Optimizer = "sgd",
+        lr: o.LearningRate = 0.01,
+        weight_decay: o.WeightDecay = 1e-4,
+        warmup_steps: o.WarmupSteps = 50,
         val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
         init: Annotated[str | None, typer.Option(help="Start from a checkpoint: run dir, "
                                                       "checkpoint folder, hf://repo or registry "
                                                       "name.")] = None,
         init_parts: Annotated[str, typer.Option(help="auto (encoder + decoder when it matches),"
                                                      " encoder, or all.")] = "auto",
-        encoder_weights: Annotated[str | None, typer.Option(
-            help="Encoder weights from elsewhere: a timm 'hf-hub:' name or a .safetensors file "
-                 "(needs network for hub names).")] = None,
+        encoder_weights: o.EncoderWeights = None,
         contrast: Annotated[str | None, typer.Option(
             help="Auxiliary loss: 'cross-image' pixel contrast (Wang et al. 2021).")] = None,
         contrast_weight: Annotated[float, typer.Option(help="Weight lambda of the auxiliary "
@@ -71,8 +67,7 @@ def register(app: typer.Typer) -> None:
         pseudo_labels: Annotated[str | None, typer.Option(
             help="Teacher model: pseudo-label the unlabelled images (the rest of the training "
                  "split, plus --unlabeled) and train on them too.")] = None,
-        unlabeled: Annotated[Path | None, typer.Option(help="Extra folder of unlabelled "
-                                                             "images.")] = None,
+        unlabeled: o.Unlabeled = None,
         brightness: Annotated[float, typer.Option(help="Brightness jitter strength.")] = 0.0,
         contrast_jitter: Annotated[float, typer.Option(help="Contrast jitter strength.")] = 0.0,
         eval_mode: o.EvalMode = "resize",
