@@ -20,6 +20,9 @@ FINETUNE_EPILOG = """
   segcl finetune data/camvid --init runs/camvid-supcon --lr 0.007 --out runs/camvid-ft
 
   segcl finetune --resume --out runs/camvid-ce
+
+  # 4 GPUs (--batch-size is per process); cross-image contrast with the memory bank
+  torchrun --nproc_per_node 4 -m segcl finetune data/camvid --contrast cross-image --memory-bank --out runs/camvid-ddp
 """
 
 
@@ -101,6 +104,8 @@ def register(app: typer.Typer) -> None:
             if contrast not in (None, "cross-image"):
                 raise ConfigError(f"unknown --contrast '{contrast}'; the choice is cross-image")
         result = run_finetune(cfg, RichProgress(quiet), resume=resume)
+        if result.get("rank", 0) != 0:  # under torchrun only rank 0 reports
+            return
         results.print(
             f"best val mIoU {result['best_miou'] * 100:.2f} at step {result['best_step']}; "
             f"run saved in {result['run_dir']}"

@@ -9,6 +9,7 @@ written once for one or many processes.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -98,12 +99,27 @@ def teardown(ctx: DistContext, wait: bool = True) -> None:
             dist.destroy_process_group()
 
 
-def wrap(module: nn.Module, ctx: DistContext) -> nn.Module:
-    """``DistributedDataParallel(module)`` when distributed, else ``module`` itself."""
+def wrap(
+    module: nn.Module, ctx: DistContext, find_unused_parameters: bool = False,
+    sync_buffers: bool = True,
+) -> nn.Module:
+    """``DistributedDataParallel(module)`` when distributed, else ``module`` itself.
+
+    ``find_unused_parameters``: some parameters may get no gradient in a step (DDP then scans
+    the graph each step instead of waiting for them forever). ``sync_buffers``: copy rank 0's
+    buffers (batch-norm statistics, ...) to every process before each forward; they are copied
+    once at wrapping either way.
+    """
     if not ctx.enabled:
         return module
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    ddp = nn.parallel.DistributedDataParallel
+    # torch >= 2.14 renamed broadcast_buffers (now deprecated) to forward_sync_buffers
+    name = ("forward_sync_buffers"
+            if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+            else "broadcast_buffers")
+    return ddp(module, device_ids=ids, find_unused_parameters=find_unused_parameters,
+               **{name: sync_buffers})
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -3,6 +3,14 @@
 The training step is kept readable top to bottom (nanoGPT style): learning-rate schedule, mixed
 precision, optional auxiliary cross-image pixel contrast, gradient clipping, logging, evaluation and
 atomic checkpoints with resume.
+
+Under ``torchrun --nproc_per_node N -m segcl finetune ...`` each process trains on its share of
+every epoch (:class:`~segcl.engine.data_setup.EpochSampler` with ``rank``/``world``;
+``--batch-size`` is per process), DistributedDataParallel averages the gradients, the
+cross-image memory bank enqueues the entries of all processes (so every rank holds the same
+queues), validation is sharded over the processes, and rank 0 alone writes files and reports.
+Buffers are not broadcast each step (as in mmsegmentation): batch-norm statistics stay per
+process and rank 0's are saved.
 """
 
 from __future__ import annotations
@@ -13,10 +21,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from segcl.config import FinetuneConfig, save_yaml, to_dict
 from segcl.data import SegmentationDataset
 from segcl.data.transforms import TrainTransform
+from segcl.engine import distributed
 from segcl.engine import state as train_state
 from segcl.engine.callbacks import Callback
 from segcl.engine.checkpoint import (
@@ -31,7 +41,7 @@ from segcl.engine.data_setup import EpochSampler, load_splits, make_loader, norm
 from segcl.engine.evaluate import eval_loader, evaluate_loader
 from segcl.engine.optim import build_optimizer, lr_factor, set_lr
 from segcl.engine.rundir import RunDir
-from segcl.engine.runtime import amp_dtype, autocast, resolve_device, seed_everything, to_device
+from segcl.engine.runtime import amp_dtype, autocast, seed_everything, to_device
 from segcl.errors import CheckpointError, ConfigError
 from segcl.models import ModelConfig, SegmentationModel
 
@@ -89,13 +99,51 @@ def initialize_from(
     return config
 
 
+class _TrainStep(nn.Module):
+    """The model and the optional auxiliary contrast as ONE module, so DistributedDataParallel
+    sees (and synchronises) every trained parameter; ``forward`` returns the loss and its terms.
+    """
+
+    def __init__(self, model: SegmentationModel, aux: nn.Module | None, ignore_index: int):
+        super().__init__()
+        self.model, self.aux, self.ignore_index = model, aux, ignore_index
+
+    def forward(self, image: Tensor, mask: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        _, dense = self.model.forward_dense(image)
+        logits = self.model.classify(dense, image.shape[-2:])
+        loss = F.cross_entropy(logits.float(), mask, ignore_index=self.ignore_index)
+        logs = {"ce": loss.detach()}
+        if self.aux is not None:
+            contrast = self.aux(dense, mask, logits, step)
+            loss = loss + contrast
+            logs["contrast"] = contrast.detach()
+        return loss, logs
+
+
 def finetune(
     cfg: FinetuneConfig, callback: Callback | None = None, resume: bool = False
 ) -> dict[str, Any]:
-    """Train a segmentation model; returns a summary with the run directory and best val mIoU."""
-    cb = callback or Callback()
-    run = RunDir(cfg.out, resume=resume)
-    device = resolve_device(cfg.device)
+    """Train a segmentation model; returns a summary with the run directory and best val mIoU.
+
+    Under torchrun (``WORLD_SIZE > 1``) this joins the process group itself; only rank 0
+    validates, writes files and reports to ``callback``.
+    """
+    ctx = distributed.setup(cfg.device)
+    try:
+        result = _finetune(cfg, ctx, callback or Callback(), resume)
+    except BaseException:
+        distributed.teardown(ctx, wait=False)  # the other processes may be mid-collective
+        raise
+    distributed.teardown(ctx)
+    return result
+
+
+def _finetune(
+    cfg: FinetuneConfig, ctx: distributed.DistContext, callback: Callback, resume: bool
+) -> dict[str, Any]:
+    cb = callback if ctx.is_main else Callback()
+    run = RunDir(cfg.out, resume=resume, write=ctx.is_main)
+    device = ctx.device
     seed_everything(cfg.seed)
 
     # ---- data --------------------------------------------------------------------------------
@@ -120,12 +168,17 @@ def finetune(
     )
     train_ds = SegmentationDataset(train_samples, info, transform, seed=cfg.seed,
                                    masks=masks_override)
-    batch_size = min(cfg.batch_size, len(train_ds))
-    sampler = EpochSampler(len(train_ds), cfg.seed)
+    sampler = EpochSampler(len(train_ds), cfg.seed, rank=ctx.rank, world=ctx.world)
+    if len(sampler) == 0:
+        raise ConfigError(f"{len(train_ds)} training images cannot be shared by {ctx.world} "
+                          "processes")
+    batch_size = min(cfg.batch_size, len(sampler))
     loader = make_loader(train_ds, batch_size, cfg.data.workers, device, sampler, drop_last=True)
-    val_loader = eval_loader(splits.val, info, size, mean, std, cfg.eval_mode, device,
-                             workers=min(cfg.data.workers, 2))
-    steps_per_epoch = len(train_ds) // batch_size
+    # validation is sharded too: each process scores every world-th image, the confusion
+    # matrices are summed over processes (evaluate_loader), so every rank gets the same metrics
+    val_loader = eval_loader(splits.val[ctx.rank :: ctx.world], info, size, mean, std,
+                             cfg.eval_mode, device, workers=min(cfg.data.workers, 2))
+    steps_per_epoch = len(sampler) // batch_size
     total_steps = cfg.steps or cfg.epochs * steps_per_epoch
 
     # ---- model, auxiliary contrast, optimiser ------------------------------------------------
@@ -159,8 +212,17 @@ def finetune(
         st = train_state.unpack(*read_training_state(run.last), optimizer, scaler)
         run.truncate_metrics(st.step)
         cb.on_message(f"resumed {run.path} at step {st.step} (epoch {st.epoch})")
+    # during the contrast warm-up the head gets no gradient: DDP must be told to expect that
+    step_module = distributed.wrap(
+        _TrainStep(model, aux, info.ignore_index), ctx,
+        find_unused_parameters=aux is not None and cfg.contrast.warmup_steps > 0,
+        sync_buffers=False,  # the memory-bank queues are large and already in sync
+    )
+    if ctx.enabled:
+        cb.on_message(f"training on {ctx.world} processes, batch {batch_size} per process")
     cfg = replace(cfg, steps=total_steps)
-    save_yaml(cfg, run.path / "config.yaml")
+    if ctx.is_main:
+        save_yaml(cfg, run.path / "config.yaml")
 
     def save(folder, metrics: dict[str, Any] | None, with_state: bool) -> None:
         config = checkpoint_config(model_cfg.to_dict(), info, mean, std, size, method="finetune",
@@ -195,15 +257,7 @@ def finetune(
                         lr_factor(st.step, total_steps, cfg.optim.warmup_steps,
                                   cfg.optim.min_lr_ratio))
             with autocast(device, amp):
-                _, dense = model.forward_dense(batch["image"])
-                logits = model.classify(dense, batch["image"].shape[-2:])
-                loss = F.cross_entropy(logits.float(), batch["mask"],
-                                       ignore_index=info.ignore_index)
-                logs = {"ce": loss.detach()}
-                if aux is not None:
-                    contrast = aux(dense, batch["mask"], logits, st.step)
-                    loss = loss + contrast
-                    logs["contrast"] = contrast.detach()
+                loss, logs = step_module(batch["image"], batch["mask"], st.step)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.optim.grad_clip:
@@ -212,12 +266,13 @@ def finetune(
             scaler.step(optimizer)
             scaler.update()
             st.step += 1
-            seen += batch["image"].shape[0]
+            seen += batch["image"].shape[0] * ctx.world
             if st.step % cfg.log_every == 0 or st.step == total_steps:
+                values = distributed.mean_over_ranks({"loss": loss, **logs}, ctx)
                 ips = seen / max(1e-9, time.perf_counter() - t0)
-                record = {"step": st.step, "epoch": st.epoch + 1, "loss": loss.item(), "lr": lr,
-                          "images_per_s": round(ips, 2),
-                          **{k: round(v.item(), 5) for k, v in logs.items()}}
+                record = {"step": st.step, "epoch": st.epoch + 1, "loss": values.pop("loss"),
+                          "lr": lr, "images_per_s": round(ips, 2),
+                          **{k: round(v, 5) for k, v in values.items()}}
                 run.log(record)
                 cb.on_step(st.step, record)
             if st.step >= total_steps:
@@ -229,15 +284,18 @@ def finetune(
             if metrics["miou"] is not None and metrics["miou"] > st.best_metric:
                 st.best_metric, st.best_step = metrics["miou"], st.step
                 best_metrics = metrics
-                save(run.best, {"val": summary(metrics)}, with_state=False)
+                if ctx.is_main:
+                    save(run.best, {"val": summary(metrics)}, with_state=False)
             model.train()
-        if evaluate_now or time.monotonic() - last_save > 120 or st.step >= total_steps:
+        if ctx.is_main and (evaluate_now or time.monotonic() - last_save > 120
+                            or st.step >= total_steps):
             save(run.last, None, with_state=True)
             last_save = time.monotonic()
 
     result = {"run_dir": str(run.path), "best_miou": st.best_metric, "best_step": st.best_step,
-              "steps": st.step}
-    _plots(run, info, best_metrics)
+              "steps": st.step, "rank": ctx.rank}
+    if ctx.is_main:
+        _plots(run, info, best_metrics)
     cb.on_end(result)
     return result
 
