@@ -10,6 +10,10 @@ For each labelled fraction and each arm, the same total budget of optimiser step
 - ``supcon-pseudo``: the ``random`` arm's model (same fraction) pseudo-labels the unlabelled
   images; supcon pre-training and fine-tuning then use labelled + pseudo-labelled images.
 
+``--pretrain-extra`` / ``--finetune-extra`` pass further flags to ``segcl pretrain`` /
+``segcl finetune`` (say ``--pretrain-extra "--optimizer adamw"``); give such a run a
+``--tag`` so it is recorded as its own arm (``supcon [adamw]``) next to the untagged one.
+
 Every arm records its val mIoU (``segcl evaluate``), its wall-clock time and its exact commands.
 Arms already in the results file are skipped (``--force`` reruns them), so the table can be built
 across sessions and machines. Writes ``results.json``, ``results.md`` and ``miou_vs_labels.png``.
@@ -18,6 +22,10 @@ Examples (2 CPU cores, reduced resolution; on a GPU raise --image-size / --budge
 
     python scripts/label_efficiency.py ../shared/data/camvid --layout camvid --fractions 0.125 \\
         --arms random,supcon --budget 600 --image-size 96x128 --out results/label-efficiency
+
+    # a tuning variant, recorded as the arm "supcon [adamw]"
+    python scripts/label_efficiency.py ../shared/data/camvid --layout camvid --arms supcon \\
+        --pretrain-lr 1e-3 --pretrain-extra "--optimizer adamw" --tag adamw
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ def arm_commands(arm: str, frac: float, a: argparse.Namespace, work: Path) -> tu
               "--seed", str(a.seed), "--batch-size", str(a.batch_size), "--workers",
               str(a.workers), "--labeled-fraction", str(frac), "--quiet"]
     ft = ["finetune", a.data, *common, "--lr", str(a.finetune_lr), "--val-every",
-          str(a.val_every)]
+          str(a.val_every), *shlex.split(a.finetune_extra)]
     method, _, terms = arm.partition(":")
     if method in ("random", "cross-image"):
         extra = ["--contrast", "cross-image"] if method == "cross-image" else []
@@ -66,7 +74,8 @@ def arm_commands(arm: str, frac: float, a: argparse.Namespace, work: Path) -> tu
     if method not in PRETRAIN_ARMS:
         raise SystemExit(f"unknown arm '{arm}'")
     pre = ["pretrain", a.data, *common, "--method", method, "--steps", str(pre_steps),
-           "--lr", str(a.pretrain_lr), *pseudo, "--out", str(work / "pretrain")]
+           "--lr", str(a.pretrain_lr), *pseudo, *shlex.split(a.pretrain_extra),
+           "--out", str(work / "pretrain")]
     if a.grid:
         pre += ["--grid", a.grid]
     if terms:
@@ -123,21 +132,27 @@ def main() -> None:
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrain-extra", default="", help="more flags for segcl pretrain")
+    p.add_argument("--finetune-extra", default="", help="more flags for segcl finetune")
+    p.add_argument("--tag", default="", help="record the arms as 'ARM [TAG]' (tuning variants)")
     p.add_argument("--force", action="store_true")
     a = p.parse_args()
+    import segcl  # noqa: F401  (fail now, not after the first arm, when segcl is not installed)
+
     a.out.mkdir(parents=True, exist_ok=True)
     results_path = a.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else []
     for frac in [float(f) for f in a.fractions.split(",")]:
-        for arm in a.arms.split(","):
+        for method in a.arms.split(","):
+            arm = f"{method} [{a.tag}]" if a.tag else method
             done = [r for r in results if r["arm"] == arm and r["fraction"] == frac]
             if done and not a.force:
                 print(f"skip {arm} @ {frac}: already measured ({done[0]['miou'] * 100:.1f})")
                 continue
-            work = a.out / "runs" / f"{arm}@{frac}"
+            work = a.out / "runs" / (f"{method}-{a.tag}@{frac}" if a.tag else f"{method}@{frac}")
             if work.exists():
                 shutil.rmtree(work)
-            commands, model_dir = arm_commands(arm, frac, a, work)
+            commands, model_dir = arm_commands(method, frac, a, work)
             log: list[str] = []
             t0 = time.time()
             for cmd in commands:
