@@ -4,8 +4,8 @@ For each labelled fraction and each arm, the same total budget of optimiser step
 
 - ``random``: fine-tune from random init for the whole budget;
 - ``simclr`` / ``multiscale`` / ``supcon``: pre-train for ``--pretrain-share`` of the budget, then
-  fine-tune (``--init``) for the rest; ``multiscale:global,local`` etc. select the multi-scale terms
-  (the ablation);
+  fine-tune (``--init``) for the rest; ``multiscale:global+local`` etc. select the multi-scale
+  terms (the ablation);
 - ``cross-image``: fine-tune with the auxiliary cross-image pixel contrast for the whole budget;
 - ``supcon-pseudo``: the ``random`` arm's model (same fraction) pseudo-labels the unlabelled
   images; supcon pre-training and fine-tuning then use labelled + pseudo-labelled images.
@@ -79,7 +79,7 @@ def arm_commands(arm: str, frac: float, a: argparse.Namespace, work: Path) -> tu
     if a.grid:
         pre += ["--grid", a.grid]
     if terms:
-        pre += ["--losses", terms]
+        pre += ["--losses", terms.replace("+", ",")]
     out = work / "finetune"
     fine = [*ft, "--steps", str(a.budget - pre_steps), "--init", str(work / "pretrain"),
             *pseudo, "--out", str(out)]

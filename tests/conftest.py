@@ -30,6 +30,20 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None,
     return proc
 
 
+def run_torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node NPROC -m segcl ARGS`` on the CPU (gloo), one
+    thread per process; fails with both processes' output."""
+    env = {k: v for k, v in os.environ.items() if k != "SEGCL_DEBUG"}
+    env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         str(nproc), "-m", "segcl", *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
     """A generated folder dataset: 12 train + 4 val images of 48x64, 4 classes."""

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
 from segcl.engine.checkpoint import read_training_state, read_weights
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli, run_torchrun
 
 ARGS = ["--encoder", "test_resnet", "--image-size", "48x64", "--steps", "3", "--workers", "0",
         "--device", "cpu", "--contrast", "cross-image", "--memory-bank", "--contrast-warmup", "1",
@@ -22,15 +19,8 @@ ARGS = ["--encoder", "test_resnet", "--image-size", "48x64", "--steps", "3", "--
 def runs(synthetic_data, tmp_path_factory):
     """The same 3 steps of 4 images: one process with batch 4, two processes with batch 2."""
     root = tmp_path_factory.mktemp("ddp-finetune")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("SEGCL_DEBUG", None)
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "segcl", "finetune", str(synthetic_data), *ARGS, "--batch-size", "2",
-         "--out", str(root / "ddp")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    run_torchrun("finetune", str(synthetic_data), *ARGS, "--batch-size", "2",
+                 "--out", str(root / "ddp"))
     run_cli("finetune", str(synthetic_data), *ARGS, "--batch-size", "4",
             "--out", str(root / "single"), env={"OMP_NUM_THREADS": "1"}, check=True)
     return root / "ddp", root / "single"

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,8 +29,8 @@ from segcl.engine.finetune import finetune, initialize_from
 from segcl.engine.pretrain import build_net, pretrain, split_samples
 from segcl.errors import ConfigError
 from segcl.models import ModelConfig, create_model
+from tests.conftest import run_torchrun
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = (32, 48)
 PARTS = {
     "simclr": {"encoder", "heads.global"},
@@ -290,25 +287,10 @@ def test_cli_pretrain(data, tmp_path) -> None:
 
 
 def test_torchrun_two_processes(data, tmp_path) -> None:
-    script = tmp_path / "segcl_main.py"
-    script.write_text(
-        "from segcl.cli import app, main\n"
-        "from segcl.cli import pretrain as pretrain_cli\n"
-        "if not any(c.name == 'pretrain' or getattr(c.callback, '__name__', '') == 'pretrain'\n"
-        "           for c in app.registered_commands):\n"
-        "    pretrain_cli.register(app)\n"
-        "main()\n"
-    )
     out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), "pretrain", str(data), "--method", "simclr", "--encoder", "test_resnet",
-         "--image-size", "32x48", "--steps", "2", "--batch-size", "2", "--workers", "0",
-         "--device", "cpu", "--out", str(out), "--quiet"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_torchrun("pretrain", str(data), "--method", "simclr", "--encoder", "test_resnet",
+                 "--image-size", "32x48", "--steps", "2", "--batch-size", "2", "--workers", "0",
+                 "--device", "cpu", "--out", str(out), "--quiet")
     assert sorted(p.name for p in out.iterdir()) == ["best", "config.yaml", "curves.png",
                                                      "last", "metrics.jsonl"]
     records = _records(out)

@@ -22,7 +22,8 @@ FINETUNE_EPILOG = """
   segcl finetune --resume --out runs/camvid-ce
 
   # 4 GPUs (--batch-size is per process); cross-image contrast with the memory bank
-  torchrun --nproc_per_node 4 -m segcl finetune data/camvid --contrast cross-image --memory-bank --out runs/camvid-ddp
+  torchrun --nproc_per_node 4 -m segcl finetune data/camvid --contrast cross-image \\
+      --memory-bank --out runs/camvid-ddp
 """
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -20,6 +22,8 @@ from torch import nn
 
 from segcl.engine.runtime import resolve_device
 from segcl.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -87,6 +91,20 @@ def setup(device_name: str = "auto", timeout_s: float = 1800.0) -> DistContext:
         owns = True
     return DistContext(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank,
                        device=device, owns_group=owns)
+
+
+def run(device_name: str, body: Callable[[DistContext], T]) -> T:
+    """``body(ctx)`` between :func:`setup` and :func:`teardown`: the entry point of a training
+    loop that works in one process or under torchrun. On an error the process group is torn down
+    without waiting (the other processes may be mid-collective) and the error propagates."""
+    ctx = setup(device_name)
+    try:
+        result = body(ctx)
+    except BaseException:
+        teardown(ctx, wait=False)
+        raise
+    teardown(ctx)
+    return result
 
 
 def teardown(ctx: DistContext, wait: bool = True) -> None:

@@ -128,14 +128,9 @@ def finetune(
     Under torchrun (``WORLD_SIZE > 1``) this joins the process group itself; only rank 0
     validates, writes files and reports to ``callback``.
     """
-    ctx = distributed.setup(cfg.device)
-    try:
-        result = _finetune(cfg, ctx, callback or Callback(), resume)
-    except BaseException:
-        distributed.teardown(ctx, wait=False)  # the other processes may be mid-collective
-        raise
-    distributed.teardown(ctx)
-    return result
+    return distributed.run(
+        cfg.device, lambda ctx: _finetune(cfg, ctx, callback or Callback(), resume)
+    )
 
 
 def _finetune(

@@ -279,14 +279,9 @@ def pretrain(
     files and reports to ``callback``.
     """
     check_config(cfg)
-    ctx = distributed.setup(cfg.device)
-    try:
-        result = _pretrain(cfg, ctx, callback or Callback(), resume)
-    except BaseException:
-        distributed.teardown(ctx, wait=False)  # the other processes may be mid-collective
-        raise
-    distributed.teardown(ctx)
-    return result
+    return distributed.run(
+        cfg.device, lambda ctx: _pretrain(cfg, ctx, callback or Callback(), resume)
+    )
 
 
 def _pretrain(
