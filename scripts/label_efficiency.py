@@ -141,11 +141,11 @@ def main() -> None:
 
     a.out.mkdir(parents=True, exist_ok=True)
     results_path = a.out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else []
     for frac in [float(f) for f in a.fractions.split(",")]:
         for method in a.arms.split(","):
             arm = f"{method} [{a.tag}]" if a.tag else method
-            done = [r for r in results if r["arm"] == arm and r["fraction"] == frac]
+            done = [r for r in load_results(results_path)
+                    if r["arm"] == arm and r["fraction"] == frac]
             if done and not a.force:
                 print(f"skip {arm} @ {frac}: already measured ({done[0]['miou'] * 100:.1f})")
                 continue
@@ -164,15 +164,24 @@ def main() -> None:
             metrics = json.loads(eval_json.read_text())
             train_cfg = json.loads((model_dir / "best" / "config.json").read_text())
             n_labeled = _labeled_images(train_cfg)
-            results = [r for r in results if not (r["arm"] == arm and r["fraction"] == frac)]
-            results.append({"arm": arm, "fraction": frac, "labeled_images": n_labeled,
-                            "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
-                            "minutes": round(minutes, 2), "budget_steps": a.budget,
-                            "image_size": a.image_size, "seed": a.seed, "commands": log})
-            results_path.write_text(json.dumps(results, indent=2))
+            record = {"arm": arm, "fraction": frac, "labeled_images": n_labeled,
+                      "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
+                      "minutes": round(minutes, 2), "budget_steps": a.budget,
+                      "image_size": a.image_size, "seed": a.seed, "commands": log}
+            # read the file again: another invocation may have added arms since this one began
+            results = [r for r in load_results(results_path)
+                       if not (r["arm"] == arm and r["fraction"] == frac)] + [record]
+            tmp = results_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(results, indent=2))
+            tmp.replace(results_path)
             write_reports(results, a.out)
             print(f"{arm} @ {frac}: val mIoU {metrics['miou'] * 100:.2f} in {minutes:.1f} min")
     print((a.out / "results.md").read_text() if (a.out / "results.md").exists() else "")
+
+
+def load_results(path: Path) -> list[dict[str, Any]]:
+    """The arms measured so far (none when the file does not exist yet)."""
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def _labeled_images(config: dict[str, Any]) -> int:
