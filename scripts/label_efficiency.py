@@ -102,10 +102,12 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     from segcl.viz import plot_lines
 
+    # one line per method; the ablation subsets (multiscale:...) and tagged variants stay in
+    # the table only
     series = {arm: sorted((r["labeled_images"], r["miou"] * 100) for r in results
-                          if r["arm"] == arm) for arm in arms}
+                          if r["arm"] == arm) for arm in arms if ":" not in arm and "[" not in arm}
     plot_lines(series, out / "miou_vs_labels.png", "labelled images", "val mIoU",
-               "label efficiency")
+               "label efficiency", logx=True)
 
 
 def cell_images(results: list[dict[str, Any]], frac: float) -> int:
