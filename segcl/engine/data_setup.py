@@ -129,6 +129,23 @@ def make_loader(
     )
 
 
+def train_loader(
+    dataset: Dataset, batch_size: int, seed: int, workers: int, device: torch.device,
+    rank: int = 0, world: int = 1,
+) -> tuple[DataLoader, EpochSampler]:
+    """The training loader of one process: its share of each shuffled epoch
+    (:class:`EpochSampler`), full batches only, the batch size capped by that share.
+
+    ``len(loader)`` is the number of steps per epoch; call ``sampler.set_epoch`` every epoch.
+    """
+    sampler = EpochSampler(len(dataset), seed, rank=rank, world=world)
+    if len(sampler) == 0:
+        raise ConfigError(f"{len(dataset)} training images cannot be shared by {world} processes")
+    loader = make_loader(dataset, min(batch_size, len(sampler)), workers, device, sampler,
+                         drop_last=True)
+    return loader, sampler
+
+
 def collate_eval(items: list[dict]) -> dict:
     """Stack resized images; keep full-resolution masks (which may differ in size) as a list."""
     return {

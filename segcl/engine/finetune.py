@@ -37,7 +37,7 @@ from segcl.engine.checkpoint import (
     read_weights,
     save_checkpoint,
 )
-from segcl.engine.data_setup import EpochSampler, load_splits, make_loader, normalization
+from segcl.engine.data_setup import load_splits, normalization, train_loader
 from segcl.engine.evaluate import eval_loader, evaluate_loader
 from segcl.engine.optim import build_optimizer, lr_factor, set_lr
 from segcl.engine.rundir import RunDir
@@ -125,8 +125,9 @@ def finetune(
 ) -> dict[str, Any]:
     """Train a segmentation model; returns a summary with the run directory and best val mIoU.
 
-    Under torchrun (``WORLD_SIZE > 1``) this joins the process group itself; only rank 0
-    validates, writes files and reports to ``callback``.
+    Under torchrun (``WORLD_SIZE > 1``) this joins the process group itself; every rank
+    validates its share of the val images, and only rank 0 writes files and reports to
+    ``callback``.
     """
     return distributed.run(
         cfg.device, lambda ctx: _finetune(cfg, ctx, callback or Callback(), resume)
@@ -163,18 +164,14 @@ def _finetune(
     )
     train_ds = SegmentationDataset(train_samples, info, transform, seed=cfg.seed,
                                    masks=masks_override)
-    sampler = EpochSampler(len(train_ds), cfg.seed, rank=ctx.rank, world=ctx.world)
-    if len(sampler) == 0:
-        raise ConfigError(f"{len(train_ds)} training images cannot be shared by {ctx.world} "
-                          "processes")
-    batch_size = min(cfg.batch_size, len(sampler))
-    loader = make_loader(train_ds, batch_size, cfg.data.workers, device, sampler, drop_last=True)
+    loader, sampler = train_loader(train_ds, cfg.batch_size, cfg.seed, cfg.data.workers, device,
+                                   ctx.rank, ctx.world)
+    batch_size = loader.batch_size
     # validation is sharded too: each process scores every world-th image, the confusion
     # matrices are summed over processes (evaluate_loader), so every rank gets the same metrics
     val_loader = eval_loader(splits.val[ctx.rank :: ctx.world], info, size, mean, std,
                              cfg.eval_mode, device, workers=min(cfg.data.workers, 2))
-    steps_per_epoch = len(sampler) // batch_size
-    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+    total_steps = cfg.steps or cfg.epochs * len(loader)
 
     # ---- model, auxiliary contrast, optimiser ------------------------------------------------
     model_cfg = ModelConfig(encoder=cfg.encoder, decoder=cfg.decoder,

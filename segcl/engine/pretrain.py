@@ -62,7 +62,7 @@ from segcl.engine.checkpoint import (
     read_weights,
     save_checkpoint,
 )
-from segcl.engine.data_setup import EpochSampler, load_splits, make_loader, normalization
+from segcl.engine.data_setup import load_splits, normalization, train_loader
 from segcl.engine.optim import build_optimizer, lr_factor, set_lr
 from segcl.engine.rundir import RunDir
 from segcl.engine.runtime import amp_dtype, autocast, seed_everything, to_device
@@ -305,14 +305,10 @@ def _pretrain(
                                   mean=mean, std=std, ignore_index=info.ignore_index)
     train_ds = SegmentationDataset(data.samples, info, transform, seed=cfg.seed,
                                    masks=data.masks or None)
-    sampler = EpochSampler(len(train_ds), cfg.seed, rank=ctx.rank, world=ctx.world)
-    if len(sampler) == 0:
-        raise ConfigError(f"{len(train_ds)} training images cannot be shared by {ctx.world} "
-                          "processes")
-    batch_size = min(cfg.batch_size, len(sampler))
-    loader = make_loader(train_ds, batch_size, cfg.data.workers, device, sampler, drop_last=True)
-    steps_per_epoch = len(sampler) // batch_size
-    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+    loader, sampler = train_loader(train_ds, cfg.batch_size, cfg.seed, cfg.data.workers, device,
+                                   ctx.rank, ctx.world)
+    batch_size = loader.batch_size
+    total_steps = cfg.steps or cfg.epochs * len(loader)
     labels = ""
     if "pixel" in terms:
         labels = f" ({data.n_labeled} labelled" + (
