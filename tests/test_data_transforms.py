@@ -23,6 +23,7 @@ from segcl.data import (
     load_samples,
     to_tensor,
 )
+from segcl.engine.data_setup import train_loader
 from segcl.errors import ConfigError
 
 LABELS = (0, 1, 2, 5)
@@ -228,9 +229,8 @@ def test_dataset_augmentation_depends_on_seed_epoch_and_index(tiny_dataset):
     first = ds[1]["image"]
     assert torch.equal(first, ds[1]["image"])
     assert torch.equal(first, SegmentationDataset(samples, info, ds.transform, seed=5)[1]["image"])
-    ds.set_epoch(1)
-    assert not torch.equal(first, ds[1]["image"])
-    ds.set_epoch(0)
+    assert not torch.equal(first, ds[(1, 1)]["image"])
+    assert torch.equal(first, ds[(0, 1)]["image"])
     assert torch.equal(first, ds[-2]["image"])
     other_seed = SegmentationDataset(samples, info, ds.transform, seed=6)
     assert not torch.equal(first, other_seed[1]["image"])
@@ -245,3 +245,45 @@ def test_dataset_rejects_transform_with_other_ignore_index(tiny_dataset):
         SegmentationDataset(samples, camvid_like, PairTransform((16, 16)))
     ds = SegmentationDataset(samples, camvid_like, PairTransform((16, 16), ignore_index=11))
     assert set(ds[0]["mask"].unique().tolist()) <= {*LABELS, 11}
+
+
+# --------------------------------------------------------------------------------------------
+# augmentation with DataLoader workers (the epoch travels in the sampler's keys)
+
+
+def _epochs(ds: SegmentationDataset, workers: int, epochs: int = 2) -> list[list[dict]]:
+    loader, sampler = train_loader(ds, 1, seed=3, workers=workers, device=torch.device("cpu"))
+    out = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        out.append(list(loader))
+    return out
+
+
+def _by_index(batches: list[dict], key: str) -> dict[int, torch.Tensor]:
+    return {int(i): v for b in batches for i, v in zip(b["index"], b[key], strict=True)}
+
+
+def _same(a: list[dict], b: list[dict], key: str) -> bool:
+    return all(torch.equal(x[key], y[key]) for x, y in zip(a, b, strict=True))
+
+
+def test_persistent_workers_follow_the_epoch(tiny_dataset):
+    samples, info = tiny_dataset
+    ds = SegmentationDataset(samples, info, TrainTransform((16, 16), scale=(0.5, 2.0)), seed=7)
+    serial, parallel = _epochs(ds, 0), _epochs(ds, 2)
+    for e in range(2):  # workers 0 and 2 give identical batches, epoch by epoch
+        assert _same(serial[e], parallel[e], "image") and _same(serial[e], parallel[e], "mask")
+    # epochs 0 and 1 draw other augmentations for the same image (with workers too)
+    for batches in (serial, parallel):
+        first, second = (_by_index(batches[e], "image") for e in (0, 1))
+        assert first.keys() == second.keys()
+        assert not any(torch.equal(first[i], second[i]) for i in first)
+
+
+def test_two_view_pairs_change_every_epoch_with_workers(tiny_dataset):
+    samples, info = tiny_dataset
+    ds = SegmentationDataset(samples, info, PairTransform((16, 16)), seed=1)
+    e0, e1 = _epochs(ds, 2)
+    views0, views1 = _by_index(e0, "image2"), _by_index(e1, "image2")
+    assert not any(torch.equal(views0[i], views1[i]) for i in views0)

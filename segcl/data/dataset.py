@@ -71,9 +71,13 @@ def load_pair(
 class SegmentationDataset(torch.utils.data.Dataset):
     """Samples of a segmentation dataset, transformed into dictionaries of tensors.
 
-    Item ``i`` is ``{"index": i, **dict(zip(transform.keys, transform(image, mask, rng)))}``
-    with ``rng = np.random.default_rng([seed, epoch, i])``, so augmentation depends only on the
-    seed, the epoch (:meth:`set_epoch`) and the index -- not on DataLoader workers.
+    Item ``i`` (or ``(epoch, i)``) is
+    ``{"index": i, **dict(zip(transform.keys, transform(image, mask, rng)))}`` with
+    ``rng = np.random.default_rng([seed, epoch, i])``, so augmentation depends only on the seed,
+    the epoch and the index -- not on DataLoader workers. A bare index means epoch 0. Training
+    samplers yield ``(epoch, i)`` keys (:class:`segcl.engine.data_setup.EpochSampler`): the key is
+    sent to whichever worker loads the item, so every worker follows the epoch (a dataset
+    attribute set on the main process would not reach persistent workers).
 
     Args:
         samples: from :func:`segcl.data.load_samples`.
@@ -106,21 +110,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"{info.ignore_index}; pass ignore_index={info.ignore_index}"
             )
         self.seed = int(seed)
-        self.epoch = 0
         self.masks = dict(masks) if masks else {}
         unknown = [i for i in self.masks if not 0 <= i < len(self.samples)]
         if unknown:
             raise DataError(f"in-memory masks given for sample indices out of range: {unknown[:5]}")
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation stream of ``epoch`` (call before each epoch)."""
-        self.epoch = int(epoch)
-
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        i = int(i)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, i = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (0, int(key))
         if i < 0:
             i += len(self.samples)
         if not 0 <= i < len(self.samples):
@@ -128,7 +127,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image, mask = load_pair(self.samples[i], self.info, self.masks.get(i))
         if mask is None and getattr(self.transform, "needs_mask", True):
             mask = np.full(image.shape[:2], self.info.ignore_index, dtype=np.int64)
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+        rng = np.random.default_rng([self.seed, epoch, i])
         outputs = self.transform(image, mask, rng)
         keys = getattr(self.transform, "keys", None) or _DEFAULT_KEYS.get(len(outputs))
         if keys is None or len(keys) != len(outputs):

@@ -84,8 +84,15 @@ def normalization(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return mean, std
 
 
-class EpochSampler(torch.utils.data.Sampler[int]):
-    """Shuffles with a generator seeded by ``(seed, epoch)``: reproducible and resumable."""
+class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
+    """Shuffles with a generator seeded by ``(seed, epoch)``: reproducible and resumable.
+
+    It yields ``(epoch, index)`` keys, not bare indices: the dataset draws each sample's
+    augmentation from ``(seed, epoch, index)`` (:class:`~segcl.data.SegmentationDataset`), and the
+    key is the only thing that reaches DataLoader worker processes every epoch -- persistent
+    workers hold their own copy of the dataset, so an epoch set on the main process's copy would
+    never reach them.
+    """
 
     def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
@@ -94,13 +101,13 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        return iter(order[self.rank :: self.world][: len(self)])
+        return iter([(self.epoch, i) for i in order[self.rank :: self.world][: len(self)]])
 
     def __len__(self) -> int:
         return self.n // self.world

@@ -241,7 +241,6 @@ def _finetune(
     best_metrics: dict[str, Any] | None = None
     while st.step < total_steps:
         sampler.set_epoch(st.epoch)
-        train_ds.set_epoch(st.epoch)
         t0, seen = time.perf_counter(), 0
         for batch in loader:
             batch = to_device(batch, device, channels_last)
