@@ -7,6 +7,9 @@ For each labelled fraction and each arm, the same total budget of optimiser step
   fine-tune (``--init``) for the rest; ``multiscale:global+local`` etc. select the multi-scale
   terms (the ablation);
 - ``cross-image``: fine-tune with the auxiliary cross-image pixel contrast for the whole budget;
+- ``semi``: online semi-supervised fine-tuning (``--semi``) on the unlabelled rest of the split;
+- ``semi+contrast``: the same plus the label-based pixel contrast on real masks and confident
+  pseudo-labels (``--contrast cross-image``, warmed up);
 - ``supcon-pseudo``: the ``random`` arm's model (same fraction) pseudo-labels the unlabelled
   images; supcon pre-training and fine-tuning then use labelled + pseudo-labelled images.
 
@@ -41,6 +44,13 @@ from pathlib import Path
 from typing import Any
 
 PRETRAIN_ARMS = ("simclr", "multiscale", "supcon")
+#: fine-tuning-only arms and the flags that make them
+FINETUNE_ARMS = {
+    "random": [],
+    "cross-image": ["--contrast", "cross-image"],
+    "semi": ["--semi"],
+    "semi+contrast": ["--semi", "--contrast", "cross-image", "--contrast-warmup", "200"],
+}
 
 
 def run(args: list[str], log: list[str]) -> None:
@@ -60,8 +70,8 @@ def arm_commands(arm: str, frac: float, a: argparse.Namespace, work: Path) -> tu
     ft = ["finetune", a.data, *common, "--lr", str(a.finetune_lr), "--val-every",
           str(a.val_every), *shlex.split(a.finetune_extra)]
     method, _, terms = arm.partition(":")
-    if method in ("random", "cross-image"):
-        extra = ["--contrast", "cross-image"] if method == "cross-image" else []
+    if method in FINETUNE_ARMS:
+        extra = FINETUNE_ARMS[method]
         out = work / "finetune"
         return [[*ft, "--steps", str(a.budget), *extra, "--out", str(out)]], out
     pre_steps = int(a.budget * a.pretrain_share)
@@ -133,7 +143,7 @@ def main() -> None:
     p.add_argument("--pretrain-lr", type=float, default=0.1)
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (labelled subset and init)")
     p.add_argument("--pretrain-extra", default="", help="more flags for segcl pretrain")
     p.add_argument("--finetune-extra", default="", help="more flags for segcl finetune")
     p.add_argument("--tag", default="", help="record the arms as 'ARM [TAG]' (tuning variants)")
@@ -143,42 +153,56 @@ def main() -> None:
 
     a.out.mkdir(parents=True, exist_ok=True)
     results_path = a.out / "results.json"
-    for frac in [float(f) for f in a.fractions.split(",")]:
-        for method in a.arms.split(","):
-            arm = f"{method} [{a.tag}]" if a.tag else method
-            done = [r for r in load_results(results_path)
-                    if r["arm"] == arm and r["fraction"] == frac]
-            if done and not a.force:
-                print(f"skip {arm} @ {frac}: already measured ({done[0]['miou'] * 100:.1f})")
-                continue
-            work = a.out / "runs" / (f"{method}-{a.tag}@{frac}" if a.tag else f"{method}@{frac}")
-            if work.exists():
-                shutil.rmtree(work)
-            commands, model_dir = arm_commands(method, frac, a, work)
-            log: list[str] = []
-            t0 = time.time()
-            for cmd in commands:
-                run(cmd, log)
-            minutes = (time.time() - t0) / 60
-            eval_json = work / "eval.json"
-            run(["evaluate", str(model_dir), a.data, "--layout", a.layout, "--json",
+    jobs = [(f, m, int(sd)) for f in (float(x) for x in a.fractions.split(","))
+            for sd in a.seeds.split(",") for m in a.arms.split(",")]
+    for frac, method, seed in jobs:
+        a.seed = seed
+        arm = f"{method} [{a.tag}]" if a.tag else method
+        key = (arm, frac, seed)
+        done = [r for r in load_results(results_path) if _key(r) == key]
+        if done and not a.force:
+            print(f"skip {arm} @ {frac} seed {seed}: already measured "
+                  f"({done[0]['miou'] * 100:.1f})")
+            continue
+        name = f"{method}-{a.tag}" if a.tag else method
+        work = a.out / "runs" / f"{name}@{frac}" / f"seed{seed}"
+        if work.exists():
+            shutil.rmtree(work)
+        commands, model_dir = arm_commands(method, frac, a, work)
+        log: list[str] = []
+        t0 = time.time()
+        for cmd in commands:
+            run(cmd, log)
+        minutes = (time.time() - t0) / 60
+        evals = {}
+        for which in ("best", "last"):  # val-selected and final checkpoint
+            eval_json = work / f"eval_{which}.json"
+            run(["evaluate", str(model_dir / which), a.data, "--layout", a.layout, "--json",
                  str(eval_json), "--quiet"], log)
-            metrics = json.loads(eval_json.read_text())
-            train_cfg = json.loads((model_dir / "best" / "config.json").read_text())
-            n_labeled = _labeled_images(train_cfg)
-            record = {"arm": arm, "fraction": frac, "labeled_images": n_labeled,
-                      "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
-                      "minutes": round(minutes, 2), "budget_steps": a.budget,
-                      "image_size": a.image_size, "seed": a.seed, "commands": log}
-            # read the file again: another invocation may have added arms since this one began
-            results = [r for r in load_results(results_path)
-                       if not (r["arm"] == arm and r["fraction"] == frac)] + [record]
-            tmp = results_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(results, indent=2))
-            tmp.replace(results_path)
-            write_reports(results, a.out)
-            print(f"{arm} @ {frac}: val mIoU {metrics['miou'] * 100:.2f} in {minutes:.1f} min")
+            evals[which] = json.loads(eval_json.read_text())
+        metrics, final = evals["best"], evals["last"]
+        train_cfg = json.loads((model_dir / "best" / "config.json").read_text())
+        n_labeled = _labeled_images(train_cfg)
+        record = {"arm": arm, "fraction": frac, "labeled_images": n_labeled,
+                  "miou": metrics["miou"], "miou_final": final["miou"],
+                  "pixel_accuracy": metrics["pixel_accuracy"],
+                  "iou": metrics.get("iou"), "iou_final": final.get("iou"),
+                  "classes": metrics.get("class_names"),
+                  "minutes": round(minutes, 2), "budget_steps": a.budget,
+                  "image_size": a.image_size, "seed": seed, "commands": log}
+        # read the file again: another invocation may have added arms since this one began
+        results = [r for r in load_results(results_path) if _key(r) != key] + [record]
+        tmp = results_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(results_path)
+        write_reports(results, a.out)
+        print(f"{arm} @ {frac} seed {seed}: val mIoU {metrics['miou'] * 100:.2f} (final "
+              f"{final['miou'] * 100:.2f}) in {minutes:.1f} min")
     print((a.out / "results.md").read_text() if (a.out / "results.md").exists() else "")
+
+
+def _key(r: dict[str, Any]) -> tuple[str, float, int]:
+    return r["arm"], r["fraction"], int(r.get("seed", 0))
 
 
 def load_results(path: Path) -> list[dict[str, Any]]:

@@ -80,12 +80,53 @@ class ContrastConfig:
 
 
 @dataclass
+class SemiConfig:
+    """Online semi-supervised fine-tuning on the unlabelled images (UniMatch / FixMatch).
+
+    Attributes:
+        enabled: train on an unlabelled batch next to every labelled batch.
+        threshold: confidence above which a weak-view prediction becomes a pseudo-label.
+        weight: weight of the unlabelled loss next to the supervised cross-entropy.
+        strong_views: colour-distorted, CutMixed views per unlabelled image (UniMatch: 2).
+        feature_perturbation: UniMatch's extra branch (dropout 0.5 on the encoder features of
+            the weak view, trained to the same pseudo-labels).
+        cutmix: probability of a CutMix box in each strong view.
+        warmup_steps: supervised-only steps before the unlabelled loss starts.
+        batch_size: unlabelled images per step and process (``None``: the labelled batch size).
+    """
+
+    enabled: bool = False
+    threshold: float = 0.95
+    weight: float = 1.0
+    strong_views: int = 2
+    feature_perturbation: bool = True
+    cutmix: float = 0.5
+    warmup_steps: int = 0
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(f"--semi-threshold must be in [0, 1), got {self.threshold}")
+        if not self.weight >= 0.0:
+            raise ConfigError(f"--semi-weight must be >= 0, got {self.weight}")
+        if self.strong_views < 1:
+            raise ConfigError(f"--semi-views must be >= 1, got {self.strong_views}")
+        if not 0.0 <= self.cutmix <= 1.0:
+            raise ConfigError(f"--semi-cutmix must be in [0, 1], got {self.cutmix}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"--semi-warmup must be >= 0, got {self.warmup_steps}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--unlabeled-batch-size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class FinetuneConfig:
     """``segcl finetune``: cross-entropy training of encoder + decoder + classifier."""
 
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     out: str = "runs/finetune"
     encoder: str = "resnet18"
     decoder: str = "unet"

@@ -17,6 +17,9 @@ FINETUNE_EPILOG = """
 
   segcl finetune data/camvid --layout camvid --labeled-fraction 0.125 --out runs/camvid-ce
 
+  # 1/8 of the masks, the other images unlabelled: online semi-supervised (UniMatch)
+  segcl finetune data/camvid --layout camvid --labeled-fraction 0.125 --semi --out runs/camvid-semi
+
   segcl finetune data/camvid --init runs/camvid-supcon --lr 0.007 --out runs/camvid-ft
 
   segcl finetune --resume --out runs/camvid-ce
@@ -72,6 +75,21 @@ def register(app: typer.Typer) -> None:
             help="Teacher model: pseudo-label the unlabelled images (the rest of the training "
                  "split, plus --unlabeled) and train on them too.")] = None,
         unlabeled: o.Unlabeled = None,
+        semi: Annotated[bool, typer.Option(
+            "--semi", help="Online semi-supervised training on the unlabelled images (UniMatch: "
+                           "weak-view pseudo-labels train CutMixed strong views).")] = False,
+        semi_threshold: Annotated[float, typer.Option(help="Pseudo-label confidence "
+                                                           "threshold.")] = 0.95,
+        semi_weight: Annotated[float, typer.Option(help="Weight of the unlabelled loss.")] = 1.0,
+        semi_views: Annotated[int, typer.Option(help="Strong views per unlabelled image.")] = 2,
+        semi_fp: Annotated[bool, typer.Option(help="UniMatch feature-perturbation "
+                                                   "branch.")] = True,
+        semi_cutmix: Annotated[float, typer.Option(help="CutMix probability per strong "
+                                                        "view.")] = 0.5,
+        semi_warmup: Annotated[int, typer.Option(help="Supervised-only steps before the "
+                                                      "unlabelled loss.")] = 0,
+        unlabeled_batch_size: Annotated[int | None, typer.Option(
+            help="Unlabelled images per step (default: --batch-size).")] = None,
         brightness: Annotated[float, typer.Option(help="Brightness jitter strength.")] = 0.0,
         contrast_jitter: Annotated[float, typer.Option(help="Contrast jitter strength.")] = 0.0,
         eval_mode: o.EvalMode = "resize",
@@ -83,7 +101,7 @@ def register(app: typer.Typer) -> None:
         quiet: o.Quiet = False,
     ) -> None:
         """Train a segmentation model with cross-entropy on (a labelled subset of) a dataset."""
-        from segcl.config import ContrastConfig, FinetuneConfig, OptimConfig
+        from segcl.config import ContrastConfig, FinetuneConfig, OptimConfig, SemiConfig
         from segcl.engine.finetune import finetune as run_finetune
         from segcl.errors import ConfigError
 
@@ -96,6 +114,10 @@ def register(app: typer.Typer) -> None:
                                   warmup_steps=warmup_steps),
                 contrast=ContrastConfig(enabled=contrast is not None, weight=contrast_weight,
                                         warmup_steps=contrast_warmup, memory_bank=memory_bank),
+                semi=SemiConfig(enabled=semi, threshold=semi_threshold, weight=semi_weight,
+                                strong_views=semi_views, feature_perturbation=semi_fp,
+                                cutmix=semi_cutmix, warmup_steps=semi_warmup,
+                                batch_size=unlabeled_batch_size),
                 out=str(out), encoder=encoder, decoder=decoder, init=init, init_parts=init_parts,
                 encoder_weights=encoder_weights, pseudo_labels=pseudo_labels, epochs=epochs,
                 steps=steps, batch_size=batch_size, val_every=val_every, eval_mode=eval_mode,

@@ -22,6 +22,7 @@ from segcl.data.transforms import (
     PairTransform,
     TrainTransform,
     TwoViewTransform,
+    WeakStrongTransform,
     to_tensor,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "SegmentationDataset",
     "TrainTransform",
     "TwoViewTransform",
+    "WeakStrongTransform",
     "detect_layout",
     "find_images",
     "labeled_subset",

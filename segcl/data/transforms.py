@@ -189,8 +189,8 @@ class ColorDistortion:
     ``[1 - 0.8 s, 1 + 0.8 s]``) and hue (shift in ``[-0.2 s, 0.2 s]`` of the colour circle) in a
     random order; then grayscale with probability ``p_gray``; then, when ``blur``, a Gaussian
     blur (sigma in [0.1, 2.0], kernel 10% of the shorter side) with probability ``p_blur``.
-    ``s = strength``; SimCLR uses 0.5 for ImageNet. ``strength=0`` disables every distortion
-    (the image is returned unchanged).
+    ``s = strength``; SimCLR uses 0.5 for ImageNet. ``hue`` overrides the hue range ``0.2 s``.
+    ``strength=0`` disables every distortion (the image is returned unchanged).
     """
 
     def __init__(
@@ -200,6 +200,7 @@ class ColorDistortion:
         p_gray: float = 0.2,
         p_blur: float = 0.5,
         blur: bool = True,
+        hue: float | None = None,
     ) -> None:
         self.strength = _check_nonneg(strength, "colour distortion strength")
         self.p_jitter = _check_nonneg(p_jitter, "p_jitter", 1.0)
@@ -207,7 +208,7 @@ class ColorDistortion:
         self.p_blur = _check_nonneg(p_blur, "p_blur", 1.0)
         self.blur = bool(blur)
         self.jitter = 0.8 * self.strength
-        self.hue = min(0.2 * self.strength, 0.5)
+        self.hue = min(0.2 * self.strength, 0.5) if hue is None else _check_nonneg(hue, "hue", 0.5)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.strength == 0:
@@ -429,3 +430,83 @@ class PairTransform:
             to_tensor(second, self.mean, self.std),
             _mask_tensor(out_mask),
         )
+
+
+def cutmix_box(
+    size: tuple[int, int], p: float, rng: np.random.Generator,
+    area: tuple[float, float] = (0.02, 0.4), aspect: tuple[float, float] = (0.3, 1 / 0.3),
+) -> np.ndarray:
+    """A random CutMix rectangle as an ``HxW`` bool array (all False with probability ``1 - p``).
+
+    The box covers a fraction ``U(area)`` of the image with height/width ratio ``U(aspect)``
+    (clipped to the image) at a uniform position -- UniMatch's sampling (Yang et al. 2023).
+    """
+    h, w = size
+    box = np.zeros(size, dtype=bool)
+    if rng.random() >= p:
+        return box
+    a = rng.uniform(*area) * h * w
+    r = rng.uniform(*aspect)
+    bh, bw = min(h, max(1, round(math.sqrt(a * r)))), min(w, max(1, round(math.sqrt(a / r))))
+    top, left = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+    box[top : top + bh, left : left + bw] = True
+    return box
+
+
+class WeakStrongTransform:
+    """Views of an UNLABELLED image for online semi-supervised training (FixMatch / UniMatch).
+
+    One geometry (the :class:`TrainTransform` scale, crop and flip) is drawn and shared by every
+    view, so that a pixel of the weak view and of each strong view is the same scene point:
+
+    - ``image``: the weak view (geometry only), from which pseudo-labels are predicted;
+    - ``strong1`` ... ``strongK``: independent colour distortions of the same crop
+      (:class:`ColorDistortion`: jitter 0.5/0.5/0.5/0.25 with p 0.8, grayscale p 0.2, Gaussian blur
+      p 0.5 -- UniMatch's strong augmentation);
+    - ``box1`` ... ``boxK``: one CutMix rectangle per strong view (:func:`cutmix_box`, applied
+      with probability ``cutmix``); the training step pastes that region from another
+      unlabelled image of the batch, and mixes the pseudo-labels the same way;
+    - ``valid``: ``HxW`` bool, False where the crop is padding (no pseudo-label there).
+
+    Drawing the boxes here, from the sample's generator, keeps the whole unlabelled branch a
+    function of ``(seed, epoch, index)``.
+    """
+
+    needs_mask = False
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        scale: tuple[float, float] = (0.5, 2.0),
+        strong_views: int = 2,
+        cutmix: float = 0.5,
+        hflip: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.size = _check_size(size)
+        self.scale = _check_range(scale, "scale")
+        if not isinstance(strong_views, int) or strong_views < 1:
+            raise ConfigError(f"strong_views must be a positive integer, got {strong_views!r}")
+        self.strong_views = strong_views
+        self.cutmix = _check_nonneg(cutmix, "cutmix probability", 1.0)
+        self.hflip = bool(hflip)
+        self.distort = ColorDistortion(strength=0.625, hue=0.25)  # 0.8 * 0.625 = 0.5
+        self.mean, self.std = tuple(mean), tuple(std)
+        views = range(1, strong_views + 1)
+        self.keys = ("image", *(f"strong{k}" for k in views), *(f"box{k}" for k in views),
+                     "valid")
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, ...]:
+        _check_mask(image, mask)
+        geo = _Geometry.sample(image.shape[:2], self.size, self.scale, self.hflip, rng)
+        crop = geo.crop_image(image)
+        weak = to_tensor(geo.paste(crop, 0, np.uint8), self.mean, self.std)
+        strong = [to_tensor(geo.paste(self.distort(crop, rng), 0, np.uint8), self.mean, self.std)
+                  for _ in range(self.strong_views)]
+        boxes = [torch.from_numpy(cutmix_box(self.size, self.cutmix, rng))
+                 for _ in range(self.strong_views)]
+        valid = geo.paste(np.ones(crop.shape[:2], dtype=bool), 0, bool)
+        return (weak, *strong, *boxes, torch.from_numpy(valid))

@@ -113,6 +113,39 @@ class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
         return self.n // self.world
 
 
+class StreamSampler(torch.utils.data.Sampler[tuple[int, int]]):
+    """An endless stream of ``(epoch, index)`` keys, ``batch`` per step, starting at ``start_step``.
+
+    Position ``p`` of the global stream (``p = (step * world + rank) * batch + j``) is image
+    ``perm_epoch[p mod n]`` of epoch ``p // n``, each epoch's permutation seeded by
+    ``(seed, epoch)``. A second data stream (the unlabelled images of semi-supervised training)
+    thus runs at its own epoch length yet is a function of the step alone, so a resumed run
+    (``start_step``) draws exactly the batches the uninterrupted run would have drawn.
+    """
+
+    def __init__(self, n: int, batch: int, seed: int, start_step: int = 0, rank: int = 0,
+                 world: int = 1):
+        if n < 1:
+            raise ConfigError("the data stream has no images")
+        self.n, self.batch, self.seed = n, batch, seed
+        self.start_step, self.rank, self.world = start_step, rank, world
+
+    def _order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch + 7919)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        step, cached = self.start_step, (-1, [])
+        while True:
+            first = (step * self.world + self.rank) * self.batch
+            for p in range(first, first + self.batch):
+                epoch = p // self.n
+                if cached[0] != epoch:
+                    cached = (epoch, self._order(epoch))
+                yield epoch, cached[1][p % self.n]
+            step += 1
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -151,6 +184,15 @@ def train_loader(
     loader = make_loader(dataset, min(batch_size, len(sampler)), workers, device, sampler,
                          drop_last=True)
     return loader, sampler
+
+
+def stream_loader(
+    dataset: Dataset, batch_size: int, seed: int, workers: int, device: torch.device,
+    start_step: int = 0, rank: int = 0, world: int = 1,
+) -> Iterator[dict]:
+    """Endless batches of ``dataset`` for a second data stream (:class:`StreamSampler`)."""
+    sampler = StreamSampler(len(dataset), batch_size, seed, start_step, rank, world)
+    return iter(make_loader(dataset, batch_size, workers, device, sampler, drop_last=True))
 
 
 def collate_eval(items: list[dict]) -> dict:

@@ -1,4 +1,5 @@
-"""``segcl finetune``: cross-entropy training of a segmentation model on a labelled subset.
+"""``segcl finetune``: cross-entropy training of a segmentation model on a labelled subset,
+optionally with online semi-supervised training on the unlabelled images (:mod:`segcl.engine.semi`).
 
 The training step is kept readable top to bottom (nanoGPT style): learning-rate schedule, mixed
 precision, optional auxiliary cross-image pixel contrast, gradient clipping, logging, evaluation and
@@ -23,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segcl.config import FinetuneConfig, save_yaml, to_dict
+from segcl.config import FinetuneConfig, SemiConfig, save_yaml, to_dict
 from segcl.data import SegmentationDataset
-from segcl.data.transforms import TrainTransform
+from segcl.data.transforms import TrainTransform, WeakStrongTransform
 from segcl.engine import distributed
 from segcl.engine import state as train_state
 from segcl.engine.callbacks import Callback
@@ -37,11 +38,12 @@ from segcl.engine.checkpoint import (
     read_weights,
     save_checkpoint,
 )
-from segcl.engine.data_setup import load_splits, normalization, train_loader
+from segcl.engine.data_setup import load_splits, normalization, stream_loader, train_loader
 from segcl.engine.evaluate import eval_loader, evaluate_loader
 from segcl.engine.optim import build_optimizer, lr_factor, set_lr
 from segcl.engine.rundir import RunDir
 from segcl.engine.runtime import amp_dtype, autocast, seed_everything, to_device
+from segcl.engine.semi import unlabeled_loss
 from segcl.errors import CheckpointError, ConfigError
 from segcl.models import ModelConfig, SegmentationModel
 
@@ -100,21 +102,38 @@ def initialize_from(
 
 
 class _TrainStep(nn.Module):
-    """The model and the optional auxiliary contrast as ONE module, so DistributedDataParallel
-    sees (and synchronises) every trained parameter; ``forward`` returns the loss and its terms.
+    """The model, the optional auxiliary contrast and the optional semi-supervised branch as ONE
+    module, so DistributedDataParallel sees (and synchronises) every trained parameter;
+    ``forward`` returns the loss and its terms.
+
+    With an unlabelled batch, its weak views share the forward pass of the labelled images
+    (:mod:`segcl.engine.semi`), and the auxiliary contrast sees real masks on the labelled images
+    and confident pseudo-labels on the unlabelled ones.
     """
 
-    def __init__(self, model: SegmentationModel, aux: nn.Module | None, ignore_index: int):
+    def __init__(self, model: SegmentationModel, aux: nn.Module | None, semi: SemiConfig,
+                 ignore_index: int):
         super().__init__()
-        self.model, self.aux, self.ignore_index = model, aux, ignore_index
+        self.model, self.aux, self.semi, self.ignore_index = model, aux, semi, ignore_index
 
-    def forward(self, image: Tensor, mask: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        _, dense = self.model.forward_dense(image)
+    def forward(self, image: Tensor, mask: Tensor, step: int,
+                unlabeled: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        n = image.shape[0]
+        x = image if unlabeled is None else torch.cat([image, unlabeled["image"]])
+        feats, dense = self.model.forward_dense(x)
         logits = self.model.classify(dense, image.shape[-2:])
-        loss = F.cross_entropy(logits.float(), mask, ignore_index=self.ignore_index)
+        loss = F.cross_entropy(logits[:n].float(), mask, ignore_index=self.ignore_index)
         logs = {"ce": loss.detach()}
+        contrast_mask = mask
+        if unlabeled is not None:
+            loss_u, terms, target = unlabeled_loss(self.model, [f[n:] for f in feats], logits[n:],
+                                                   unlabeled, self.semi)
+            loss = loss + self.semi.weight * loss_u
+            logs.update(loss_u=loss_u.detach(), **terms)
+            contrast_mask = torch.cat([mask, target.masked(self.semi.threshold,
+                                                           self.ignore_index)])
         if self.aux is not None:
-            contrast = self.aux(dense, mask, logits, step)
+            contrast = self.aux(dense, contrast_mask, logits, step)
             loss = loss + contrast
             logs["contrast"] = contrast.detach()
         return loss, logs
@@ -204,9 +223,25 @@ def _finetune(
         st = train_state.unpack(*read_training_state(run.last), optimizer, scaler)
         run.truncate_metrics(st.step)
         cb.on_message(f"resumed {run.path} at step {st.step} (epoch {st.epoch})")
+    unlabeled_stream = None
+    if cfg.semi.enabled:
+        if not splits.unlabeled:
+            raise ConfigError("--semi needs unlabelled images: train on a labelled fraction or "
+                              "add --unlabeled DIR")
+        u_ds = SegmentationDataset(
+            splits.unlabeled, info,
+            WeakStrongTransform(size, tuple(cfg.scale), cfg.semi.strong_views, cfg.semi.cutmix,
+                                mean=mean, std=std),
+            seed=cfg.seed)
+        # indexed by step: a resumed run draws the batches the uninterrupted run would draw
+        unlabeled_stream = stream_loader(
+            u_ds, cfg.semi.batch_size or batch_size, cfg.seed, cfg.data.workers, device,
+            start_step=max(st.step, cfg.semi.warmup_steps), rank=ctx.rank, world=ctx.world)
+        cb.on_message(f"semi-supervised: {len(splits.labeled)} labelled, "
+                      f"{len(splits.unlabeled)} unlabelled images")
     # during the contrast warm-up the head gets no gradient: DDP must be told to expect that
     step_module = distributed.wrap(
-        _TrainStep(model, aux, info.ignore_index), ctx,
+        _TrainStep(model, aux, cfg.semi, info.ignore_index), ctx,
         find_unused_parameters=aux is not None and cfg.contrast.warmup_steps > 0,
         sync_buffers=False,  # the memory-bank queues are large and already in sync
     )
@@ -247,8 +282,11 @@ def _finetune(
             lr = set_lr(optimizer, cfg.optim.lr,
                         lr_factor(st.step, total_steps, cfg.optim.warmup_steps,
                                   cfg.optim.min_lr_ratio))
+            unlabeled = None
+            if unlabeled_stream is not None and st.step >= cfg.semi.warmup_steps:
+                unlabeled = to_device(next(unlabeled_stream), device, channels_last)
             with autocast(device, amp):
-                loss, logs = step_module(batch["image"], batch["mask"], st.step)
+                loss, logs = step_module(batch["image"], batch["mask"], st.step, unlabeled)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.optim.grad_clip:

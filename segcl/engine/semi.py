@@ -1,0 +1,119 @@
+"""Online semi-supervised fine-tuning: weak-to-strong consistency on unlabelled images.
+
+Each training step pairs the labelled batch with a batch of unlabelled images, as in FixMatch
+(Sohn et al., NeurIPS 2020) and UniMatch (Yang et al., "Revisiting Weak-to-Strong Consistency in
+Semi-Supervised Semantic Segmentation", CVPR 2023):
+
+1. The weak view ``x^w`` of an unlabelled image (scale, crop and flip only) goes through the model
+   together with the labelled batch. Its softmax ``p = softmax(f(x^w))`` gives the pseudo-label
+   ``y^ = argmax_c p_c`` and the confidence ``q = max_c p_c`` at every pixel (no gradient).
+2. Each strong view ``x^s_k`` is the same crop with colour jitter, grayscale and blur, and with a
+   CutMix box ``B_k`` pasted from another unlabelled image of the batch (the next one,
+   ``roll(., 1)``); the pseudo-labels and confidences are mixed with the same box, so the target of
+   a pasted pixel is the pseudo-label of the image it came from.
+3. UniMatch's feature perturbation: the weak view's encoder features go through dropout
+   (p = 0.5) and the decoder again, ``x^fp``; it is trained to the un-mixed pseudo-labels.
+
+With ``V`` the valid (non-padding) pixels of the unlabelled crops, the unlabelled loss of one
+prediction ``z`` against targets ``(y^, q)`` is
+
+    l(z) = 1/|V| * sum_{i in V} 1[q_i >= tau] * CE(z_i, y^_i)
+
+(the mean over all valid pixels, so that few confident pixels give a small loss), and the step
+minimises
+
+    L = CE(f(x), y) + lambda * L_u,
+    L_u = 1/2 * mean_k l(f(x^s_k)) + 1/2 * l(x^fp)   (feature perturbation on)
+    L_u = mean_k l(f(x^s_k))                           (off)
+
+UniMatch's defaults: tau = 0.95, two strong views, CutMix probability 0.5, lambda = 1 (its
+``(L_x + L_u) / 2`` is the same objective with half the learning rate). During ``warmup_steps``
+only the supervised term is trained.
+
+The confident pseudo-labels are also returned, so that a pixel-contrast auxiliary loss can use
+real masks on labelled pixels and pseudo-labels on unlabelled ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from segcl.config import SemiConfig
+from segcl.models import SegmentationModel
+
+
+@dataclass
+class PseudoLabels:
+    """Pseudo-labels of the weak views: class, confidence and validity per pixel (B, H, W)."""
+
+    label: Tensor
+    confidence: Tensor
+    valid: Tensor
+
+    def mixed(self, box: Tensor) -> PseudoLabels:
+        """The targets of a view whose ``box`` region (B, H, W) comes from the next image."""
+        return PseudoLabels(*(torch.where(box, t.roll(1, 0), t)
+                              for t in (self.label, self.confidence, self.valid)))
+
+    def masked(self, threshold: float, ignore_index: int) -> Tensor:
+        """Pseudo-labels with ``ignore_index`` where not confident or not valid."""
+        keep = (self.confidence >= threshold) & self.valid
+        return torch.where(keep, self.label, torch.full_like(self.label, ignore_index))
+
+
+def pseudo_labels(logits: Tensor, valid: Tensor) -> PseudoLabels:
+    """Argmax and max-softmax of the weak-view ``logits`` (B, C, H, W), without gradient."""
+    with torch.no_grad():
+        confidence, label = logits.detach().float().softmax(1).max(1)
+    return PseudoLabels(label, confidence, valid)
+
+
+def consistency_loss(logits: Tensor, target: PseudoLabels, threshold: float) -> Tensor:
+    """``l(z)`` above: confidence-masked cross-entropy averaged over the valid pixels."""
+    ce = F.cross_entropy(logits.float(), target.label, reduction="none")
+    keep = (target.confidence >= threshold) & target.valid
+    return (ce * keep).sum() / target.valid.sum().clamp(min=1)
+
+
+def mix_views(strong: Tensor, box: Tensor) -> Tensor:
+    """Paste the ``box`` (B, H, W) region of the next image of the batch into each image."""
+    return torch.where(box[:, None], strong.roll(1, 0), strong)
+
+
+def unlabeled_loss(
+    model: SegmentationModel,
+    feats_weak: list[Tensor],
+    logits_weak: Tensor,
+    batch: dict[str, Tensor],
+    cfg: SemiConfig,
+) -> tuple[Tensor, dict[str, Tensor], PseudoLabels]:
+    """``L_u`` of one step, from the weak view's encoder features and logits.
+
+    ``batch`` holds the unlabelled views of :class:`segcl.data.WeakStrongTransform`
+    (``image``, ``strong1..K``, ``box1..K``, ``valid``). Returns the loss, its logged terms and
+    the (un-mixed) pseudo-labels.
+    """
+    size = logits_weak.shape[-2:]
+    target = pseudo_labels(logits_weak, batch["valid"])
+    views = range(1, cfg.strong_views + 1)
+    strong = torch.cat([mix_views(batch[f"strong{k}"], batch[f"box{k}"]) for k in views])
+    logits_strong = model(strong).chunk(cfg.strong_views)
+    loss_s = torch.stack([
+        consistency_loss(z, target.mixed(batch[f"box{k}"]), cfg.threshold)
+        for k, z in zip(views, logits_strong, strict=True)
+    ]).mean()
+    logs = {"loss_u_strong": loss_s.detach(),
+            "confident": ((target.confidence >= cfg.threshold) & target.valid).float().sum()
+            / target.valid.sum().clamp(min=1)}
+    loss = loss_s
+    if cfg.feature_perturbation:
+        dropped = [F.dropout2d(f, 0.5, training=True) for f in feats_weak]
+        logits_fp = model.classify(model.decoder(dropped), size)
+        loss_fp = consistency_loss(logits_fp, target, cfg.threshold)
+        loss = 0.5 * loss_s + 0.5 * loss_fp
+        logs["loss_u_fp"] = loss_fp.detach()
+    return loss, logs, target
