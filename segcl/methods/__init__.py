@@ -1,0 +1,90 @@
+"""The registry of training methods: ``--method NAME`` -> a :class:`~segcl.methods.base.Method`.
+
+Each method is one module of this package that subclasses a kind's base class (for pre-training
+:class:`~segcl.methods.base.PretrainMethod`) and registers itself::
+
+    from segcl.methods import register
+    from segcl.methods.base import PretrainMethod
+
+    @register
+    class MyMethod(PretrainMethod):
+        name = "mine"
+        help = "one line for segcl pretrain --help"
+        ...
+
+Built-in methods are imported (and so registered) at the end of this module; a new built-in
+method adds its import there. The engines and the CLI only ever call :func:`get` and
+:func:`names`.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from segcl.errors import ConfigError
+from segcl.methods.base import KINDS, Method, PretrainMethod
+
+__all__ = [
+    "KINDS",
+    "Method",
+    "PretrainMethod",
+    "describe",
+    "get",
+    "names",
+    "register",
+    "unregister",
+]
+
+M = TypeVar("M")  # a Method subclass or instance
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: M) -> M:
+    """Register a method class (instantiated without arguments) or instance; usable as a class
+    decorator. Names are unique over all kinds."""
+    instance = method() if isinstance(method, type) else method
+    if not isinstance(instance, Method):
+        raise TypeError(f"{method!r} is not a segcl.methods.base.Method")
+    name, kind = instance.name, instance.kind
+    if not name or not name.replace("-", "").replace("_", "").isalnum() or name != name.lower():
+        raise ValueError(f"method name must be a lower-case word, got {name!r}")
+    if kind not in KINDS:
+        raise ValueError(f"method {name!r}: kind must be one of {KINDS}, got {kind!r}")
+    if not instance.help:
+        raise ValueError(f"method {name!r} has no help text")
+    if name in _REGISTRY and type(_REGISTRY[name]) is not type(instance):
+        raise ValueError(f"method {name!r} is already registered ({_REGISTRY[name]!r})")
+    _REGISTRY[name] = instance
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a registered method (tests, plugins); unknown names are ignored."""
+    _REGISTRY.pop(name, None)
+
+
+def names(kind: str | None = None) -> tuple[str, ...]:
+    """Registered method names (of one ``kind``), in registration order."""
+    return tuple(n for n, m in _REGISTRY.items() if kind is None or m.kind == kind)
+
+
+def get(name: str, kind: str | None = None) -> Method:
+    """The method registered as ``name`` (and of ``kind`` when given); a
+    :class:`~segcl.errors.ConfigError` naming the choices otherwise."""
+    method = _REGISTRY.get(name)
+    if method is None or (kind is not None and method.kind != kind):
+        what = f"{kind} method" if kind else "method"
+        raise ConfigError(f"unknown {what} '{name}'; choose {', '.join(names(kind))}")
+    return method
+
+
+def describe(kind: str) -> str:
+    """``"a (help), b (help) or c (help)."``: the methods of ``kind`` for a CLI help text."""
+    items = [f"{n} ({_REGISTRY[n].help})" for n in names(kind)]
+    text = items[-1] if len(items) < 2 else f"{', '.join(items[:-1])} or {items[-1]}"
+    return text + "."
+
+
+# built-in methods, in the order they are listed; each registers itself on import
+from segcl.methods import simclr, multiscale, supcon  # noqa: E402, F401, I001

@@ -1,0 +1,69 @@
+"""``supcon``: label-based (supervised) pixel contrast; trains the encoder and the decoder.
+
+Zhao, Vemulapalli, Mansfield, Gong, Green, Shapira and Wu, "Contrastive Learning for
+Label-Efficient Semantic Segmentation", ICCV 2021 (arXiv:2012.06985).
+
+Data: the labelled training images only (plus the pseudo-labelled ones with
+``--pseudo-labels``); it fails when no image has a mask. Each image gives the image and a
+colour-distorted copy with the same random scale / crop / flip
+(:class:`~segcl.data.PairTransform`), sharing one mask.
+
+Network: encoder -> decoder -> pixel head (three 1x1 convolutions, ``pixel_dim`` = 256
+outputs, ReLU between them); the embeddings may be resized to ``grid`` (paper: 65 x 65).
+
+Loss (:class:`~segcl.losses.PixelContrastLoss`, temperature ``tau`` = 0.07 by default): for
+unit-normalised pixel embeddings ``z`` with labels ``y`` and ``s_ij = z_i . z_j / tau``, over the
+valid (not ignored) pixels of the image and its copy::
+
+    P_i = {j: y_j = y_i}   (same class, self included)      N_i = {k: y_k != y_i}
+    l_i = -mean_{j in P_i} log( exp(s_ij) / (exp(s_ij) + sum_{k in N_i} exp(s_ik)) )
+
+averaged over the anchors of each image, then over the images (``variant="single"``, the
+paper's best), or over all pixels of the batch, optionally ``max_pixels`` of them sampled at
+random (``variant="batch"``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from segcl.methods import register, terms
+from segcl.methods.base import PretrainMethod
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from segcl.config import PretrainConfig
+    from segcl.models import SegmentationModel
+
+
+@register
+class SupCon(PretrainMethod):
+    name = "supcon"
+    help = "label-based pixel contrast on the labelled images; trains encoder + decoder"
+    labels = "required"
+    unlabelled = False
+
+    def terms(self, cfg: PretrainConfig) -> list[str]:
+        return ["pixel"]
+
+    def trains_decoder(self, terms_: list[str]) -> bool:
+        return True
+
+    def transform(
+        self, cfg: PretrainConfig, size: tuple[int, int], mean: tuple[float, ...],
+        std: tuple[float, ...], ignore_index: int,
+    ) -> Any:
+        from segcl.data import PairTransform
+
+        return PairTransform(size, scale=tuple(cfg.scale), strength=cfg.strength, mean=mean,
+                             std=std, ignore_index=ignore_index)
+
+    def heads(
+        self, cfg: PretrainConfig, model: SegmentationModel, terms_: list[str],
+        ignore_index: int, gather: bool,
+    ) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+        return terms.build_terms(cfg, model, terms_, ignore_index, gather)
+
+    def loss(self, net: Any, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        return terms.total(terms.pair_losses(net, batch["image"], batch["image2"], batch["mask"]))
