@@ -154,8 +154,17 @@ class FinetuneConfig:
     command: str | None = None
 
 
-PRETRAIN_METHODS = ("simclr", "multiscale", "supcon")
 PRETRAIN_LOSSES = ("global", "local", "pixel")
+
+
+def __getattr__(name: str) -> Any:
+    # ``PRETRAIN_METHODS``: the registered pre-training methods (segcl.methods), looked up on
+    # use so that importing the configuration never imports the methods.
+    if name == "PRETRAIN_METHODS":
+        from segcl.methods import names
+
+        return names("pretrain")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _pretrain_optim() -> OptimConfig:
@@ -168,12 +177,11 @@ class PretrainConfig:
     """``segcl pretrain``: contrastive pre-training of an encoder (+ decoder) with projection heads.
 
     Attributes:
-        method: ``simclr`` (global NT-Xent on two augmented views of every image; encoder only),
-            ``multiscale`` (global + local + pixel terms on an image and its colour-distorted
-            copy, selected by ``losses``) or ``supcon`` (label-based pixel contrast on the
-            labelled images; encoder + decoder).
-        losses: the multi-scale terms (subset of ``global``, ``local``, ``pixel``); the pixel
-            term needs labelled (or pseudo-labelled) images and is dropped without them.
+        method: a registered pre-training method (``PRETRAIN_METHODS``; one module each in
+            :mod:`segcl.methods`, whose docstring gives the paper and the loss).
+        losses: the terms of a method that lets you choose them (subset of ``global``,
+            ``local``, ``pixel``); the pixel term needs labelled (or pseudo-labelled) images and
+            is dropped without them.
         variant: pixel contrast over each image (``single``) or over the batch (``batch``).
         temperature: ``None`` = each term's paper default (0.1 global/local, 0.07 pixel); a
             number sets it for every term.
@@ -184,9 +192,9 @@ class PretrainConfig:
         proj_dim / pixel_dim: output sizes of the global/local heads and of the pixel head.
         strength: colour-distortion strength of the second view / copy (SimCLR's ``s``).
         crop_scale: area range of SimCLR's random resized crops.
-        scale: random scale range of the shared geometry (multiscale, supcon).
+        scale: random scale range of the shared geometry of an image and its copy.
         pseudo_labels: teacher model; the unlabelled images get pseudo-masks and join the
-            labelled set (pixel terms of ``multiscale`` and ``supcon``).
+            labelled set (for the pixel term).
         batch_size: images per batch and process (under torchrun the global batch is
             ``batch_size * world_size``).
     """

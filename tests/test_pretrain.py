@@ -219,11 +219,11 @@ def test_losses_compute_in_float32_under_autocast() -> None:
     x = torch.randn(2, 3, *SIZE)
     mask = torch.randint(0, 3, (2, *SIZE))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        terms = net(x, x + 0.1 * torch.randn_like(x), mask)
+        loss, terms = net({"image": x, "image2": x + 0.1 * torch.randn_like(x), "mask": mask})
     assert sorted(terms) == ["global", "local", "pixel"]
-    for value in terms.values():
+    for value in [loss, *terms.values()]:
         assert value.dtype == torch.float32 and math.isfinite(value.item())
-    sum(terms.values()).backward()
+    loss.backward()
     assert all(p.grad is not None for p in net.parameters())
 
 

@@ -1,4 +1,4 @@
-"""``segcl pretrain``: SimCLR, multi-scale and label-based pixel contrast pre-training."""
+"""``segcl pretrain``: contrastive pre-training with a registered method (:mod:`segcl.methods`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from segcl import methods
 from segcl.cli import options as o
 from segcl.cli.progress import RichProgress, results
 from segcl.cli.train import command_line
@@ -54,14 +55,13 @@ def register(app: typer.Typer) -> None:
         data: Annotated[Path | None, typer.Argument(help="Dataset folder (not needed with "
                                                           "--resume).")] = None,
         method: Annotated[str, typer.Option(
-            help="simclr (global NT-Xent, images only, encoder), multiscale (global + local + "
-                 "pixel terms, see --losses) or supcon (label-based pixel contrast, encoder + "
-                 "decoder).")] = "supcon",
+            help=f"Pre-training method: {methods.describe('pretrain')}")] = "supcon",
         out: o.Out = Path("runs/pretrain"),
         encoder: o.Encoder = "resnet18",
         decoder: o.Decoder = "unet",
-        losses: Annotated[str, typer.Option(help="multiscale terms: a subset of "
-                                                 "global,local,pixel.")] = "global,local,pixel",
+        losses: Annotated[str, typer.Option(help="Loss terms, for a method that combines "
+                                                 "them: a subset of global,local,pixel.")
+                          ] = "global,local,pixel",
         variant: Annotated[str, typer.Option(help="Pixel contrast per image (single) or over the "
                                                   "batch (batch).")] = "single",
         image_size: o.ImageSize = "192x256",

@@ -1,22 +1,16 @@
 """``segcl pretrain``: contrastive pre-training of an encoder (and decoder) with projection heads.
 
-Three methods (methods.md sections 1-3):
-
-- ``simclr``: two random resized, flipped, colour-distorted views of every training image
-  (masks unused); encoder -> global head -> NT-Xent. Only the encoder is trained and saved.
-- ``multiscale``: an image and a colour-distorted copy with the same geometry; any subset of a
-  global term (NT-Xent on the deepest encoder feature), a local term (S x S regions, region ``u``
-  of the image vs region ``u`` of the copy) and a pixel term (label-based pixel contrast on the
-  decoder's dense features over image and copy). The decoder is trained when the pixel term is on.
-- ``supcon``: label-based pixel contrast only (Zhao et al.), encoder + decoder, on the labelled
-  images (image and distorted copy).
+The methods live in :mod:`segcl.methods` (one module each, registered by name); this module is
+the generic loop. A :class:`~segcl.methods.base.PretrainMethod` decides the loss terms, the data
+it reads, the transform, the heads and the loss of a batch; the loop never looks at its name.
 
 Data design: ONE dataset of all training images -- the labelled subset (``--labeled-fraction``)
 with its masks, every other image (plus ``--unlabeled``) with an all-ignore mask, or with a
 pseudo-mask when ``--pseudo-labels`` names a teacher. The image-level terms (global, local) see
-every image; the pixel term only sees labelled pixels, because ignored pixels are never anchors,
-positives or negatives. ``supcon`` trains on the labelled (+ pseudo-labelled) images only. Without
-any labels the pixel term is dropped, with a message and a note in the run's config and metrics.
+every image; the label terms (pixel) only see labelled pixels, because ignored pixels are never
+anchors, positives or negatives. A method with ``unlabelled = False`` trains on the labelled
+(+ pseudo-labelled) images only. Without any labels the label terms are dropped, with a message
+and a note in the run's config and metrics (a method with ``labels = "required"`` fails).
 
 The loop mirrors :mod:`segcl.engine.finetune`: warm-up + cosine schedule, mixed precision on CUDA
 (the losses always compute in float32), gradient clipping, JSON-lines metrics, atomic
@@ -43,15 +37,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from segcl.config import PRETRAIN_LOSSES, PRETRAIN_METHODS, PretrainConfig, save_yaml, to_dict
-from segcl.data import (
-    DatasetInfo,
-    PairTransform,
-    Sample,
-    SegmentationDataset,
-    TwoViewTransform,
-    validate_samples,
-)
+from segcl import methods
+from segcl.config import PRETRAIN_LOSSES, PretrainConfig, save_yaml, to_dict
+from segcl.data import DatasetInfo, Sample, SegmentationDataset, validate_samples
 from segcl.engine import distributed
 from segcl.engine import state as train_state
 from segcl.engine.callbacks import Callback
@@ -67,37 +55,32 @@ from segcl.engine.optim import build_optimizer, lr_factor, set_lr
 from segcl.engine.rundir import RunDir
 from segcl.engine.runtime import amp_dtype, autocast, seed_everything, to_device
 from segcl.errors import ConfigError
-from segcl.losses import LocalContrastLoss, NTXentLoss, PixelContrastLoss
+from segcl.methods.base import PretrainMethod
+from segcl.methods.terms import LABEL_TERMS
 from segcl.models import ModelConfig, SegmentationModel
-from segcl.models.heads import GlobalHead, LocalHead, PixelHead
-
-#: default temperature of each loss term (methods.md: 0.1 for NT-Xent, 0.07 for pixel contrast)
-DEFAULT_TEMPERATURE = {"global": 0.1, "local": 0.1, "pixel": 0.07}
-
 
 # --------------------------------------------------------------------------------------------
 # configuration checks and data
 
 
+def get_method(cfg: PretrainConfig) -> PretrainMethod:
+    """The registered pre-training method ``cfg.method`` (ConfigError naming the choices)."""
+    return methods.get(cfg.method, kind="pretrain")  # type: ignore[return-value]
+
+
 def check_config(cfg: PretrainConfig) -> None:
     """Reject invalid method / loss / variant choices with one-line ConfigErrors."""
-    if cfg.method not in PRETRAIN_METHODS:
-        raise ConfigError(f"unknown method '{cfg.method}'; choose {', '.join(PRETRAIN_METHODS)}")
+    method = get_method(cfg)
     unknown = [t for t in cfg.losses if t not in PRETRAIN_LOSSES]
     if unknown:
         raise ConfigError(
             f"unknown loss term(s) {', '.join(unknown)}; choose from {', '.join(PRETRAIN_LOSSES)}"
         )
-    if cfg.method == "multiscale" and not cfg.losses:
-        raise ConfigError("--losses is empty; give a subset of global, local, pixel")
     if cfg.variant not in ("single", "batch"):
         raise ConfigError(f"unknown --variant '{cfg.variant}'; choose single or batch")
     if cfg.max_pixels is not None and cfg.variant != "batch":
         raise ConfigError("--max-pixels only applies to --variant batch")
-    if cfg.pseudo_labels and cfg.method == "simclr":
-        raise ConfigError("--pseudo-labels has no effect with --method simclr (it uses no labels)")
-    if cfg.pseudo_labels and cfg.method == "multiscale" and "pixel" not in cfg.losses:
-        raise ConfigError("--pseudo-labels needs the pixel term (--losses ...,pixel)")
+    method.check(cfg)
     if cfg.steps is None and cfg.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {cfg.epochs}")
     if cfg.steps is not None and cfg.steps < 1:
@@ -108,11 +91,7 @@ def check_config(cfg: PretrainConfig) -> None:
 
 def requested_terms(cfg: PretrainConfig) -> list[str]:
     """The loss terms a method asks for, in canonical order."""
-    if cfg.method == "simclr":
-        return ["global"]
-    if cfg.method == "supcon":
-        return ["pixel"]
-    return [t for t in PRETRAIN_LOSSES if t in cfg.losses]
+    return list(get_method(cfg).terms(cfg))
 
 
 @dataclass
@@ -148,6 +127,7 @@ def prepare_data(
     cfg: PretrainConfig, device: torch.device, cb: Callback, validate: bool = True
 ) -> PretrainData:
     """Load and check the images, pseudo-label if asked, and decide the loss terms."""
+    method = get_method(cfg)
     info, labeled, unlabeled = split_samples(cfg)
     if validate:
         validate_samples(labeled + unlabeled, info)
@@ -161,40 +141,40 @@ def prepare_data(
         masks = {len(labeled) + i: m for i, m in enumerate(pseudo)}
         n_pseudo = len(pseudo)
     has_labels = bool(labeled) or n_pseudo > 0
-    dropped: list[str] = []
-    if "pixel" in terms and not has_labels:
-        if cfg.method == "supcon":
+    dropped = [t for t in terms if t in LABEL_TERMS] if not has_labels else []
+    if dropped:
+        if method.labels == "required":
             raise ConfigError(
-                f"{cfg.data.root}: --method supcon needs masks, and no training image has one"
+                f"{cfg.data.root}: --method {cfg.method} needs masks, and no training image has one"
             )
-        terms.remove("pixel")
-        dropped.append("pixel")
-        cb.on_message("no labelled images: the pixel term is unavailable; training "
+        terms = [t for t in terms if t not in dropped]
+        what = " + ".join(dropped)
+        cb.on_message(f"no labelled images: the {what} term is unavailable; training "
                       f"{' + '.join(terms) or 'nothing'} only")
         if not terms:
-            raise ConfigError("no loss term left to train (the pixel term needs masks)")
-    if cfg.method == "simclr" or "pixel" not in terms:  # masks unused: do not read them
+            raise ConfigError(f"no loss term left to train (the {what} term needs masks)")
+    if not any(t in LABEL_TERMS for t in terms):  # masks unused: do not read them
         samples = [dataclasses.replace(s, mask=None) for s in labeled + unlabeled]
-    elif cfg.method == "supcon":
-        samples = labeled + (unlabeled if n_pseudo else [])
-    else:
+    elif method.unlabelled:
         samples = labeled + unlabeled
+    else:  # labelled (+ pseudo-labelled) images only
+        samples = labeled + (unlabeled if n_pseudo else [])
     if not samples:
         raise ConfigError(f"{cfg.data.root}: no training images")
     return PretrainData(info, samples, masks, len(labeled), n_pseudo, terms, dropped)
 
 
 # --------------------------------------------------------------------------------------------
-# the network: encoder (+ decoder) + heads; forward returns the loss terms
+# the network: encoder (+ decoder) + heads; forward returns the loss and its terms
 
 
 class PretrainNet(nn.Module):
-    """Encoder, optional decoder and projection heads; ``forward`` returns the loss terms.
+    """Encoder, optional decoder and projection heads; ``forward(batch)`` runs the method's
+    :meth:`~segcl.methods.base.PretrainMethod.loss` and returns ``(loss, {term: value})``.
 
     ``state_dict`` keys are ``encoder.*`` and ``decoder.*`` (as in a
     :class:`~segcl.models.SegmentationModel`) and ``heads.<term>.*``; the loss modules hold no
-    state. Both inputs are encoded in one batch (``2N`` images); the losses run in float32 with
-    autocast disabled.
+    state. The loss runs inside ``forward`` so that DistributedDataParallel sees it.
     """
 
     def __init__(
@@ -203,67 +183,34 @@ class PretrainNet(nn.Module):
         decoder: nn.Module | None,
         heads: dict[str, nn.Module],
         criteria: dict[str, nn.Module],
+        method: PretrainMethod,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.heads = nn.ModuleDict(heads)
         self.criteria = nn.ModuleDict(criteria)
+        self.method = method
 
-    def forward(self, x1: Tensor, x2: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
-        """Loss terms for a batch of pairs ``x1, x2`` ``(N, 3, H, W)`` (and labels ``(N, H, W)``
-        for the pixel term)."""
-        n = x1.shape[0]
-        feats = self.encoder(torch.cat([x1, x2]))
-        out: dict[str, Tensor] = {}
-        proj: dict[str, Tensor] = {}
-        for name in ("global", "local"):
-            if name in self.heads:
-                proj[name] = self.heads[name](feats[-1])
-        if "pixel" in self.heads:
-            if self.decoder is None or mask is None:
-                raise ConfigError("the pixel term needs a decoder and masks")
-            proj["pixel"] = self.heads["pixel"](self.decoder(feats))
-        with torch.autocast(device_type=x1.device.type, enabled=False):
-            for name, z in proj.items():
-                z1, z2 = z[:n].float(), z[n:].float()
-                if name == "pixel":
-                    out[name] = self.criteria[name]([z1, z2], mask)
-                else:
-                    out[name] = self.criteria[name](z1, z2)
-        return out
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(total loss, {term: value})`` for one batch of the method's transform."""
+        return self.method.loss(self, batch)
 
 
 def build_net(
     cfg: PretrainConfig, model_cfg: ModelConfig, terms: list[str], ignore_index: int,
     gather: bool,
 ) -> PretrainNet:
-    """Build the encoder/decoder of ``model_cfg`` and the heads and losses of ``terms``."""
+    """Build the encoder/decoder of ``model_cfg`` and the method's heads and losses of ``terms``."""
+    method = get_method(cfg)
     base = SegmentationModel(model_cfg)
     if cfg.encoder_weights:
         from segcl.models.weights import load_encoder_weights
 
         load_encoder_weights(base.encoder, cfg.encoder_weights)
-    deepest = base.encoder.channels[-1]
-    heads: dict[str, nn.Module] = {}
-    criteria: dict[str, nn.Module] = {}
-    tau = {t: DEFAULT_TEMPERATURE[t] if cfg.temperature is None else cfg.temperature
-           for t in terms}
-    if "global" in terms:
-        heads["global"] = GlobalHead(deepest, out_dim=cfg.proj_dim)
-        criteria["global"] = NTXentLoss(tau["global"], gather_distributed=gather)
-    if "local" in terms:
-        heads["local"] = LocalHead(deepest, grid=cfg.local_grid, out_dim=cfg.proj_dim)
-        criteria["local"] = LocalContrastLoss(tau["local"], gather_distributed=gather)
-    if "pixel" in terms:
-        heads["pixel"] = PixelHead(base.decoder.out_channels, dim=cfg.pixel_dim)
-        criteria["pixel"] = PixelContrastLoss(
-            tau["pixel"], ignore_index, variant=cfg.variant,
-            grid=tuple(cfg.grid) if cfg.grid else None, max_pixels=cfg.max_pixels,
-            gather_distributed=gather,
-        )
-    decoder = base.decoder if "pixel" in terms else None
-    return PretrainNet(base.encoder, decoder, heads, criteria)
+    heads, criteria = method.heads(cfg, base, terms, ignore_index, gather)
+    decoder = base.decoder if method.trains_decoder(terms) else None
+    return PretrainNet(base.encoder, decoder, heads, criteria, method)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,16 +240,12 @@ def _pretrain(
     seed_everything(cfg.seed)
 
     # ---- data --------------------------------------------------------------------------------
+    method = get_method(cfg)
     data = prepare_data(cfg, device, cb)
     info, terms = data.info, data.terms
     mean, std = normalization(cfg.encoder)
     size = tuple(cfg.data.image_size)
-    if cfg.method == "simclr":
-        transform: Any = TwoViewTransform(size, crop_scale=tuple(cfg.crop_scale),
-                                          strength=cfg.strength, mean=mean, std=std)
-    else:
-        transform = PairTransform(size, scale=tuple(cfg.scale), strength=cfg.strength,
-                                  mean=mean, std=std, ignore_index=info.ignore_index)
+    transform = method.transform(cfg, size, mean, std, info.ignore_index)
     train_ds = SegmentationDataset(data.samples, info, transform, seed=cfg.seed,
                                    masks=data.masks or None)
     loader, sampler = train_loader(train_ds, cfg.batch_size, cfg.seed, cfg.data.workers, device,
@@ -310,7 +253,7 @@ def _pretrain(
     batch_size = loader.batch_size
     total_steps = cfg.steps or cfg.epochs * len(loader)
     labels = ""
-    if "pixel" in terms:
+    if any(t in LABEL_TERMS for t in terms):
         labels = f" ({data.n_labeled} labelled" + (
             f", {data.n_pseudo} pseudo-labelled)" if data.n_pseudo else ")")
     cb.on_message(
@@ -357,7 +300,8 @@ def _pretrain(
     # ---- training loop -----------------------------------------------------------------------
     cb.on_start(total_steps, st.step, f"pretrain {cfg.method}")
     if data.dropped and ctx.is_main:
-        run.log({"step": st.step, "epoch": st.epoch, "note": "pixel term dropped (no labels)",
+        run.log({"step": st.step, "epoch": st.epoch,
+                 "note": f"{' + '.join(data.dropped)} term dropped (no labels)",
                  "dropped_losses": data.dropped})
     model.train()
     last_save, start_step = time.monotonic(), st.step
@@ -370,11 +314,7 @@ def _pretrain(
                         lr_factor(st.step, total_steps, cfg.optim.warmup_steps,
                                   cfg.optim.min_lr_ratio))
             with autocast(device, amp):
-                if cfg.method == "simclr":
-                    losses = model(batch["view1"], batch["view2"])
-                else:
-                    losses = model(batch["image"], batch["image2"], batch["mask"])
-                loss = sum(losses.values())
+                loss, losses = model(batch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.optim.grad_clip:
@@ -383,7 +323,7 @@ def _pretrain(
             scaler.step(optimizer)
             scaler.update()
             st.step += 1
-            seen += batch["image" if "image" in batch else "view1"].shape[0] * ctx.world
+            seen += batch_size * ctx.world  # (the loader drops incomplete batches)
             if st.step % cfg.log_every == 0 or st.step == total_steps:
                 values = distributed.mean_over_ranks({"loss": loss, **losses}, ctx)
                 if not math.isfinite(values["loss"]):

@@ -73,9 +73,11 @@ def get(name: str, kind: str | None = None) -> Method:
     """The method registered as ``name`` (and of ``kind`` when given); a
     :class:`~segcl.errors.ConfigError` naming the choices otherwise."""
     method = _REGISTRY.get(name)
-    if method is None or (kind is not None and method.kind != kind):
-        what = f"{kind} method" if kind else "method"
-        raise ConfigError(f"unknown {what} '{name}'; choose {', '.join(names(kind))}")
+    if method is None:
+        raise ConfigError(f"unknown method '{name}'; choose {', '.join(names(kind))}")
+    if kind is not None and method.kind != kind:
+        raise ConfigError(f"'{name}' is a {method.kind} method, not a {kind} method; choose "
+                          f"{', '.join(names(kind)) or 'none are registered'}")
     return method
 
 

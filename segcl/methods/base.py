@@ -31,7 +31,7 @@ KINDS = ("pretrain", "finetune")
 LABEL_USE = ("none", "optional", "required")
 
 
-class Method(ABC):
+class Method:
     """A registered training method: its name, kind and one-line help."""
 
     name: ClassVar[str] = ""
@@ -42,7 +42,7 @@ class Method(ABC):
         return f"<{self.kind} method {self.name!r}>"
 
 
-class PretrainMethod(Method):
+class PretrainMethod(Method, ABC):
     """A contrastive pre-training method run by :func:`segcl.engine.pretrain.pretrain`.
 
     Declares, in one place:

@@ -51,8 +51,8 @@ if TYPE_CHECKING:
 @register
 class MultiScale(PretrainMethod):
     name = "multiscale"
-    help = ("global + local + pixel terms on an image and its distorted copy (see --losses); "
-            "the pixel term trains the decoder")
+    help = ("global + local + pixel terms on an image and its distorted copy, see --losses; "
+            "the pixel term also trains the decoder")
     labels = "optional"
     unlabelled = True
 

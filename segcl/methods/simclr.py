@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 @register
 class SimCLR(PretrainMethod):
     name = "simclr"
-    help = "global NT-Xent on two augmented views of every image (no labels); trains the encoder"
+    help = "global NT-Xent on two augmented views of every image, no labels; trains the encoder"
     labels = "none"
     unlabelled = True
 
