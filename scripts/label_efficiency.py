@@ -37,6 +37,7 @@ import argparse
 import json
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -96,32 +97,67 @@ def arm_commands(arm: str, frac: float, a: argparse.Namespace, work: Path) -> tu
     return [pre, fine], out
 
 
+THIN_CLASSES = ("pole", "sign_symbol", "pedestrian", "bicyclist")
+
+
+def _stats(values: list[float]) -> str:
+    """``mean ± std`` (sample std over seeds) in mIoU points."""
+    m = statistics.fmean(values) * 100
+    sd = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
+    return f"{m:.2f} ± {sd:.2f}"
+
+
 def write_reports(results: list[dict[str, Any]], out: Path) -> None:
-    """Markdown table (arms x fractions) and the mIoU-vs-labelled-images plot."""
-    fractions = sorted({r["fraction"] for r in results})
-    arms = list(dict.fromkeys(r["arm"] for r in results))
-    cell = {(r["arm"], r["fraction"]): r for r in results}
-    lines = ["| arm | " + " | ".join(f"{f:g} ({cell_images(results, f)} img)" for f in fractions)
-             + " |", "|---|" + "---|" * len(fractions)]
-    for arm in arms:
-        row = []
-        for f in fractions:
-            r = cell.get((arm, f))
-            row.append("-" if r is None else f"{r['miou'] * 100:.1f} ({r['minutes']:.0f} min)")
-        lines.append(f"| {arm} | " + " | ".join(row) + " |")
+    """results.md (mean ± std over seeds, val-selected and final checkpoint, gain over random
+    init, per-class IoU with the thin classes) and miou_vs_labels.png (error bars = std)."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["arm"], r["fraction"]), []).append(r)
+    lines = ["| arm | labelled | seeds | steps | val mIoU (val-selected) | val mIoU (final) "
+             "| gain over random (final) | minutes per run |", "|---|---|---|---|---|---|---|---|"]
+    for (arm, frac), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        base = groups.get(("random", frac))
+        gain = "-"
+        if base and arm != "random" and "miou_final" in rs[0]:
+            d = (statistics.fmean(r["miou_final"] for r in rs)
+                 - statistics.fmean(r["miou_final"] for r in base)) * 100
+            gain = f"{d:+.2f}"
+        final = _stats([r["miou_final"] for r in rs]) if all("miou_final" in r for r in rs) else "-"
+        lines.append(
+            f"| {arm} | {frac:g} ({rs[0]['labeled_images']} img) | "
+            f"{','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
+            f"{rs[0]['budget_steps']} | {_stats([r['miou'] for r in rs])} | {final} | {gain} | "
+            f"{statistics.fmean(r['minutes'] for r in rs):.1f} |")
+    lines += ["", "Per-class IoU (final checkpoint, mean over seeds); the thin classes are "
+              "marked with *.", ""]
+    classes = next((r["classes"] for r in results if r.get("classes")), None)
+    if classes:
+        head = [f"{c}*" if c in THIN_CLASSES else c for c in classes]
+        lines += ["| arm | labelled | " + " | ".join(head) + " |",
+                  "|---|---|" + "---|" * len(classes)]
+        for (arm, frac), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            per = [r.get("iou_final") or r.get("iou") for r in rs]
+            if not all(per):
+                continue
+            means = [statistics.fmean(v[c] or 0.0 for v in per) * 100
+                     for c in range(len(classes))]
+            lines.append(f"| {arm} | {frac:g} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     from segcl.viz import plot_lines
 
     # one line per method; the ablation subsets (multiscale:...) and tagged variants stay in
     # the table only
-    series = {arm: sorted((r["labeled_images"], r["miou"] * 100) for r in results
-                          if r["arm"] == arm) for arm in arms if ":" not in arm and "[" not in arm}
-    plot_lines(series, out / "miou_vs_labels.png", "labelled images", "val mIoU",
-               "label efficiency", logx=True)
-
-
-def cell_images(results: list[dict[str, Any]], frac: float) -> int:
-    return next(r["labeled_images"] for r in results if r["fraction"] == frac)
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for (arm, _), rs in groups.items():
+        if ":" in arm or "[" in arm or not all("miou_final" in r for r in rs):
+            continue
+        vals = [r["miou_final"] * 100 for r in rs]
+        series.setdefault(arm, []).append((rs[0]["labeled_images"], statistics.fmean(vals),
+                                           statistics.stdev(vals) if len(vals) > 1 else 0.0))
+    if series:
+        plot_lines(series, out / "miou_vs_labels.png", "labelled images",
+                   "val mIoU (final checkpoint)", "label efficiency (mean ± std over seeds)",
+                   logx=True)
 
 
 def main() -> None:
@@ -148,7 +184,13 @@ def main() -> None:
     p.add_argument("--finetune-extra", default="", help="more flags for segcl finetune")
     p.add_argument("--tag", default="", help="record the arms as 'ARM [TAG]' (tuning variants)")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--report", action="store_true",
+                   help="only regenerate results.md and the plot from results.json")
     a = p.parse_args()
+    if a.report:
+        write_reports(load_results(a.out / "results.json"), a.out)
+        print((a.out / "results.md").read_text())
+        return
     import segcl  # noqa: F401  (fail now, not after the first arm, when segcl is not installed)
 
     a.out.mkdir(parents=True, exist_ok=True)

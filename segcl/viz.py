@@ -316,26 +316,29 @@ def plot_lines(
     title: str,
     logx: bool = False,
 ) -> Path:
-    """Generic line chart, one line per named series of ``(x, y)`` points.
+    """Generic line chart, one line per named series of ``(x, y)`` or ``(x, y, err)`` points.
 
-    Used for example for mIoU vs number of labelled images, one line per method. Points are sorted
-    by ``x``; ``logx`` uses a logarithmic x axis (label budgets often double).
+    Used for example for mIoU vs number of labelled images, one line per method (``err``: the
+    std over seeds, drawn as error bars). Points are sorted by ``x``; ``logx`` uses a logarithmic
+    x axis (label budgets often double).
     """
     if not series:
         raise ValueError("plot_lines needs at least one series")
     fig = _new_figure(6.0, 4.0)
     ax = fig.add_subplot()
     for name, points in series.items():
-        pts = sorted((float(x), float(y)) for x, y in points)
+        pts = sorted((float(p[0]), float(p[1]), float(p[2]) if len(p) > 2 else 0.0)
+                     for p in points)
         if not pts:
             continue
-        xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.5, label=str(name))
+        xs, ys, errs = zip(*pts, strict=True)
+        ax.errorbar(xs, ys, yerr=errs if any(errs) else None, marker="o", markersize=4,
+                    linewidth=1.5, capsize=3, label=str(name))
     if logx:
         from matplotlib.ticker import NullFormatter, ScalarFormatter
 
         ax.set_xscale("log")
-        ticks = sorted({float(x) for points in series.values() for x, _ in points if x > 0})
+        ticks = sorted({float(p[0]) for points in series.values() for p in points if p[0] > 0})
         ax.set_xticks(ticks)
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())

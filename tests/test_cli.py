@@ -98,8 +98,9 @@ def test_label_out_of_range_is_named(synthetic_data, tmp_path) -> None:
 
 def test_demo_runs_end_to_end(tmp_path) -> None:
     proc = run_cli("demo", "--out", str(tmp_path / "demo"), "--encoder", "test_resnet",
-                   "--epochs", "1", "--device", "cpu", "--quiet", check=True)
-    assert "random init" in proc.stdout and "supcon pre-training" in proc.stdout
+                   "--steps", "2", "--device", "cpu", "--quiet", check=True)
+    assert "labels only" in proc.stdout and "semi-supervised" in proc.stdout
+    assert "gain of the unlabelled images" in proc.stdout
     assert len(list((tmp_path / "demo" / "predictions").rglob("*.png"))) == 16
     again = run_cli("demo", "--out", str(tmp_path / "demo"), "--quiet")
     assert again.returncode == 2 and "already holds a demo" in again.stderr
