@@ -72,6 +72,8 @@ EncoderWeights = Annotated[str | None, typer.Option(
 Unlabeled = Annotated[Path | None, typer.Option(help="Extra folder of unlabelled images.")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint "
                                            "(its saved config.yaml is used).")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Clear the run files already in --out and start again.")]
 
 
 def data_config(
@@ -88,16 +90,29 @@ def data_config(
     """The :class:`DataConfig` of the shared data options of ``finetune`` and ``pretrain``."""
     if data is None:
         raise ConfigError("missing DATA argument (the dataset folder)")
-    return DataConfig(root=str(data), layout=layout, image_size=parse_size(image_size),
+    # absolute paths: config.yaml must mean the same data from any working directory (--resume)
+    return DataConfig(root=str(data.resolve()), layout=layout, image_size=parse_size(image_size),
                       labeled_fraction=labeled_fraction, labeled_count=labeled_count,
                       classes=parse_classes(classes), ignore_index=ignore_index,
-                      workers=workers, unlabeled=str(unlabeled) if unlabeled else None)
+                      workers=workers,
+                      unlabeled=str(unlabeled.resolve()) if unlabeled else None)
 
 
-def saved_config(cls: type[T], out: Path, resume: bool) -> T | None:
-    """With ``--resume``, the run's saved ``config.yaml`` (flags other than --out are ignored)."""
+def saved_config(cls: type[T], out: Path, resume: bool, overwrite: bool = False) -> T | None:
+    """With ``--resume``, the run's saved ``config.yaml`` (flags other than --out are ignored).
+
+    ``--out`` is the run: the saved config's own ``out`` never redirects it (a copied run
+    continues in the copy). ``--overwrite`` (not with ``--resume``) clears the run's files.
+    """
+    import dataclasses
+
     from segcl.config import load_yaml
+    from segcl.engine.rundir import clear_run
 
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    if overwrite and out.is_dir():
+        clear_run(out)
     if resume and (out / "config.yaml").is_file():
-        return load_yaml(cls, out / "config.yaml")
+        return dataclasses.replace(load_yaml(cls, out / "config.yaml"), out=str(out))
     return None

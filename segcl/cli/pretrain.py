@@ -98,13 +98,14 @@ def register(app: typer.Typer) -> None:
         device: o.Device = "auto",
         amp: o.Amp = True,
         resume: o.Resume = False,
+        overwrite: o.Overwrite = False,
         quiet: o.Quiet = False,
     ) -> None:
         """Contrastive pre-training of an encoder (and decoder) for later fine-tuning."""
         from segcl.config import OptimConfig, PretrainConfig
         from segcl.engine.pretrain import pretrain as run_pretrain
 
-        cfg = o.saved_config(PretrainConfig, out, resume)
+        cfg = o.saved_config(PretrainConfig, out, resume, overwrite)
         if cfg is not None and steps is not None:
             cfg = replace(cfg, steps=steps)
         if cfg is None:

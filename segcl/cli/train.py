@@ -98,6 +98,7 @@ def register(app: typer.Typer) -> None:
         device: o.Device = "auto",
         amp: o.Amp = True,
         resume: o.Resume = False,
+        overwrite: o.Overwrite = False,
         quiet: o.Quiet = False,
     ) -> None:
         """Train a segmentation model with cross-entropy on (a labelled subset of) a dataset."""
@@ -105,7 +106,7 @@ def register(app: typer.Typer) -> None:
         from segcl.engine.finetune import finetune as run_finetune
         from segcl.errors import ConfigError
 
-        cfg = o.saved_config(FinetuneConfig, out, resume)
+        cfg = o.saved_config(FinetuneConfig, out, resume, overwrite)
         if cfg is None:
             cfg = FinetuneConfig(
                 data=o.data_config(data, layout, image_size, labeled_fraction, labeled_count,

@@ -2,12 +2,55 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from segcl.engine.checkpoint import STATE_META, recover
 from segcl.errors import ConfigError
+
+#: what a run writes into its folder (a folder holding any of these holds a run)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "confusion_val.png", "best", "last")
+LOCK = "run.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def clear_run(path: str | Path) -> None:
+    """Remove the files of a run from ``path`` (``--overwrite``); other files are kept.
+
+    Raises ConfigError when another live process holds the folder.
+    """
+    path = Path(path)
+    owner = _lock_owner(path)
+    if owner is not None and owner != os.getpid():
+        raise ConfigError(f"{path}: run directory is in use by process {owner} ({path / LOCK})")
+    for name in RUN_FILES:
+        target = path / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _lock_owner(path: Path) -> int | None:
+    """The live process holding ``path``'s lock, or None (no lock, or a killed owner's)."""
+    try:
+        pid = int((path / LOCK).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 and _alive(pid) else None
 
 
 class RunDir:
@@ -16,23 +59,59 @@ class RunDir:
     Layout: ``config.yaml`` (effective configuration), ``metrics.jsonl`` (one JSON object per
     logged step / evaluation), ``curves.png``, ``best/`` (checkpoint with the best validation
     mIoU) and ``last/`` (latest checkpoint + optimiser state for ``--resume``).
+
+    One owner at a time: the writing process holds ``run.lock`` (its process id, created
+    exclusively) until it exits; a second run on the same folder is refused with the owner's
+    id. A lock left by a killed process is taken over (its process no longer exists). A fresh
+    run refuses a folder that already holds run files (``--resume`` continues them,
+    ``--overwrite`` clears them first: :func:`clear_run`).
     """
 
     def __init__(self, path: str | Path, resume: bool, write: bool = True):
         self.path = Path(path)
         self.write = write
+        if write:
+            self._lock()
         self.best = recover(self.path / "best")
         self.last = recover(self.path / "last")
         if resume and not (self.last / STATE_META).is_file():
             raise ConfigError(f"{self.path}: nothing to resume (no last/ checkpoint)")
-        if not resume and (self.last.exists() or self.best.exists()):
+        present = [n for n in RUN_FILES if (self.path / n).exists()]
+        if write and not resume and present:
             raise ConfigError(
-                f"{self.path}: run directory already holds a run; pass --resume to continue it "
-                "or choose another --out"
+                f"{self.path}: run directory already holds a run ({', '.join(present)}); pass "
+                "--resume to continue it, --overwrite to start again, or choose another --out"
             )
-        if write:
-            self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
+
+    def _lock(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path}: --out is a file, not a directory")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"{self.path}: cannot create the run directory ({err})") from err
+        lock = self.path / LOCK
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _lock_owner(self.path)
+                if owner == os.getpid():
+                    return  # this process already owns it (an earlier run in the same process)
+                if owner is not None:
+                    raise ConfigError(f"{self.path}: run directory is in use by process {owner} "
+                                      f"({lock}); wait for it or choose another --out") from None
+                lock.unlink(missing_ok=True)  # stale: its process was killed
+                continue
+            except OSError as err:
+                raise ConfigError(f"{self.path}: cannot write to the run directory "
+                                  f"({err.strerror})") from err
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            atexit.register(lock.unlink, missing_ok=True)
+            return
+        raise ConfigError(f"{self.path}: cannot take the run directory's lock ({lock})")
 
     def truncate_metrics(self, step: int) -> None:
         """Drop records logged after ``step`` (the run resumes from there and logs them again)."""
