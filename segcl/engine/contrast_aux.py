@@ -1,12 +1,16 @@
-"""Cross-image pixel contrast as an auxiliary fine-tuning loss (methods.md section 4).
+"""Cross-image pixel contrast as an auxiliary fine-tuning loss: the module of the registered
+method :mod:`segcl.methods.cross_image` (``--contrast cross-image``).
 
-``L = CE + lambda * L_contrast`` (Wang et al., ICCV 2021): a projection head parallel to the
-classifier embeds the decoder's dense features; :class:`segcl.losses.CrossImagePixelContrast`
-samples hard and easy anchors per image and class and contrasts them across the batch (and with
-per-class pixel / region queues when the memory bank is on). The head and the queues are
-training-only: :meth:`CrossImageAux.state_for_checkpoint` stores them in ``last/`` for
-``--resume`` under ``heads.contrast.*`` and ``heads.memory.*``; the exported model leaves them
-out.
+``L = CE + lambda * L_contrast`` (Wang et al., "Exploring Cross-Image Pixel Contrast for
+Semantic Segmentation", ICCV 2021): a projection head parallel to the classifier embeds the
+decoder's dense features; :class:`segcl.losses.CrossImagePixelContrast` samples hard and easy
+anchors per image and class and contrasts them across the batch (and with per-class pixel /
+region queues when the memory bank is on), with the supervised-contrastive loss
+``l_i = -(tau / base_tau) mean_{p in P_i} log(e^{s_ip} / (e^{s_ip} + sum_{n in N_i} e^{s_in}))``
+over the anchors ``i`` (``s = z . z' / tau`` of unit embeddings, ``P_i`` / ``N_i`` the keys of the
+same / another class). The head and the queues are training-only:
+:meth:`CrossImageAux.state_for_checkpoint` stores them in ``last/`` for ``--resume`` under
+``heads.contrast.*`` and ``heads.memory.*``; the exported model leaves them out.
 """
 
 from __future__ import annotations

@@ -1,17 +1,23 @@
-"""``segcl finetune``: cross-entropy training of a segmentation model on a labelled subset,
-optionally with online semi-supervised training on the unlabelled images (:mod:`segcl.engine.semi`).
+"""``segcl finetune``: cross-entropy training of a segmentation model on a labelled subset, plus
+the fine-tuning methods the config switches on.
+
+The fine-tuning methods live in :mod:`segcl.methods` (one module each: ``pseudo-labels``,
+``semi``, ``cross-image``; :class:`~segcl.methods.base.FinetuneMethod`); this module asks the
+registry which are active (:func:`segcl.methods.active`) and composes them: their training
+images, their second data streams, their modules, their loss terms and their checkpoint state.
+It never looks at their names or config sections.
 
 The training step is kept readable top to bottom (nanoGPT style): learning-rate schedule, mixed
-precision, optional auxiliary cross-image pixel contrast, gradient clipping, logging, evaluation and
-atomic checkpoints with resume.
+precision, the methods' terms, gradient clipping, logging, evaluation and atomic checkpoints with
+resume.
 
 Under ``torchrun --nproc_per_node N -m segcl finetune ...`` each process trains on its share of
 every epoch (:class:`~segcl.engine.data_setup.EpochSampler` with ``rank``/``world``;
-``--batch-size`` is per process), DistributedDataParallel averages the gradients, the
-cross-image memory bank enqueues the entries of all processes (so every rank holds the same
-queues), validation is sharded over the processes, and rank 0 alone writes files and reports.
-Buffers are not broadcast each step (as in mmsegmentation): batch-norm statistics stay per
-process and rank 0's are saved.
+``--batch-size`` is per process), DistributedDataParallel averages the gradients (of the model
+and of the methods' modules), the methods' streams are shared out the same way, validation is
+sharded over the processes, and rank 0 alone writes files and reports. Buffers are not broadcast
+each step (as in mmsegmentation): batch-norm statistics stay per process and rank 0's are saved;
+a method's buffers (the cross-image memory bank) keep themselves in sync.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segcl.config import FinetuneConfig, SemiConfig, save_yaml, to_dict
+from segcl import methods as registry
+from segcl.config import FinetuneConfig, save_yaml, to_dict
 from segcl.data import SegmentationDataset
-from segcl.data.transforms import TrainTransform, WeakStrongTransform
+from segcl.data.transforms import TrainTransform
 from segcl.engine import distributed
 from segcl.engine import state as train_state
 from segcl.engine.callbacks import Callback
@@ -38,13 +45,13 @@ from segcl.engine.checkpoint import (
     read_weights,
     save_checkpoint,
 )
-from segcl.engine.data_setup import load_splits, normalization, stream_loader, train_loader
+from segcl.engine.data_setup import load_splits, normalization, train_loader
 from segcl.engine.evaluate import eval_loader, evaluate_loader
 from segcl.engine.optim import build_optimizer, lr_factor, set_lr
 from segcl.engine.rundir import RunDir
 from segcl.engine.runtime import amp_dtype, autocast, seed_everything, to_device
-from segcl.engine.semi import unlabeled_loss
 from segcl.errors import CheckpointError, ConfigError
+from segcl.methods.base import FinetuneData, FinetuneMethod, FinetuneStep
 from segcl.models import ModelConfig, SegmentationModel
 
 SUMMARY_KEYS = ("miou", "pixel_accuracy", "mean_accuracy", "mean_f1", "mean_precision",
@@ -102,40 +109,47 @@ def initialize_from(
 
 
 class _TrainStep(nn.Module):
-    """The model, the optional auxiliary contrast and the optional semi-supervised branch as ONE
-    module, so DistributedDataParallel sees (and synchronises) every trained parameter;
-    ``forward`` returns the loss and its terms.
+    """The model and the active methods' modules as ONE module, so DistributedDataParallel sees
+    (and synchronises) every trained parameter; ``forward`` returns the loss and its terms.
 
-    With an unlabelled batch, its weak views share the forward pass of the labelled images
-    (:mod:`segcl.engine.semi`), and the auxiliary contrast sees real masks on the labelled images
-    and confident pseudo-labels on the unlabelled ones.
+    The images methods add from their streams (:meth:`FinetuneMethod.inputs`) share the forward
+    pass of the labelled images; the loss is the labelled images' cross-entropy plus each
+    method's term, in registration order (:meth:`FinetuneMethod.loss`), so a method can read the
+    labels an earlier one gave its images (:meth:`FinetuneStep.labels`).
     """
 
-    def __init__(self, model: SegmentationModel, aux: nn.Module | None, semi: SemiConfig,
-                 ignore_index: int):
+    def __init__(self, model: SegmentationModel, methods: tuple[FinetuneMethod, ...],
+                 parts: dict[str, nn.Module], cfg: FinetuneConfig, ignore_index: int):
         super().__init__()
-        self.model, self.aux, self.semi, self.ignore_index = model, aux, semi, ignore_index
+        self.model = model
+        self.parts = nn.ModuleDict(parts)  # the methods' modules, by method name
+        self.methods, self.cfg, self.ignore_index = methods, cfg, ignore_index
 
     def forward(self, image: Tensor, mask: Tensor, step: int,
-                unlabeled: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                batches: dict[str, dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
         n = image.shape[0]
-        x = image if unlabeled is None else torch.cat([image, unlabeled["image"]])
+        inputs, segments, rows = [image], {}, n
+        for method in self.methods:
+            extra = (method.inputs(self.cfg, batches[method.name])
+                     if method.name in batches else None)
+            if extra is not None:
+                segments[method.name] = slice(rows, rows + extra.shape[0])
+                inputs.append(extra)
+                rows += extra.shape[0]
+        x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
         feats, dense = self.model.forward_dense(x)
         logits = self.model.classify(dense, image.shape[-2:])
         loss = F.cross_entropy(logits[:n].float(), mask, ignore_index=self.ignore_index)
         logs = {"ce": loss.detach()}
-        contrast_mask = mask
-        if unlabeled is not None:
-            loss_u, terms, target = unlabeled_loss(self.model, [f[n:] for f in feats], logits[n:],
-                                                   unlabeled, self.semi)
-            loss = loss + self.semi.weight * loss_u
-            logs.update(loss_u=loss_u.detach(), **terms)
-            contrast_mask = torch.cat([mask, target.masked(self.semi.threshold,
-                                                           self.ignore_index)])
-        if self.aux is not None:
-            contrast = self.aux(dense, contrast_mask, logits, step)
-            loss = loss + contrast
-            logs["contrast"] = contrast.detach()
+        state = FinetuneStep(self.cfg, self.model, step, n, mask, self.ignore_index, feats, dense,
+                             logits, batches, segments)
+        parts = dict(self.parts.items())
+        for method in self.methods:
+            out = method.loss(parts.get(method.name), state)
+            if out is not None:
+                term, terms = out
+                loss = loss + term
+                logs.update(terms)
         return loss, logs
 
 
@@ -166,23 +180,22 @@ def _finetune(
     info = splits.info
     mean, std = normalization(cfg.encoder)
     size = tuple(cfg.data.image_size)
-    train_samples = splits.labeled
-    pseudo_masks = None
-    if cfg.pseudo_labels:
-        from segcl.engine.pseudo import pseudo_label
-
-        pseudo_masks, pseudo_samples = pseudo_label(
-            cfg.pseudo_labels, splits.unlabeled, info, cfg, device, cb
-        )
-        train_samples = train_samples + pseudo_samples
+    methods = registry.active(cfg)  # the fine-tuning methods this run composes, in order
+    data = FinetuneData(info, splits.labeled, splits.unlabeled, size, mean, std, device,
+                        ctx.rank, ctx.world)
+    for method in methods:
+        method.check(cfg, data)
+    # methods may add (pseudo-)labelled images, with in-memory masks, to the supervised set
+    train_samples, masks_override = list(splits.labeled), {}
+    for method in methods:
+        added, added_masks = method.train_samples(cfg, data, cb)
+        masks_override.update({len(train_samples) + i: m for i, m in enumerate(added_masks)})
+        train_samples += added
     transform = TrainTransform(size, scale=tuple(cfg.scale), brightness=cfg.brightness,
                                contrast=cfg.contrast_jitter, mean=mean, std=std,
                                ignore_index=info.ignore_index)
-    masks_override = (
-        {len(splits.labeled) + i: m for i, m in enumerate(pseudo_masks)} if pseudo_masks else None
-    )
     train_ds = SegmentationDataset(train_samples, info, transform, seed=cfg.seed,
-                                   masks=masks_override)
+                                   masks=masks_override or None)
     loader, sampler = train_loader(train_ds, cfg.batch_size, cfg.seed, cfg.data.workers, device,
                                    ctx.rank, ctx.world)
     batch_size = loader.batch_size
@@ -192,7 +205,7 @@ def _finetune(
                              cfg.eval_mode, device, workers=min(cfg.data.workers, 2))
     total_steps = cfg.steps or cfg.epochs * len(loader)
 
-    # ---- model, auxiliary contrast, optimiser ------------------------------------------------
+    # ---- model, the methods' modules, optimiser ----------------------------------------------
     model_cfg = ModelConfig(encoder=cfg.encoder, decoder=cfg.decoder,
                             num_classes=info.num_classes, decoder_kwargs=dict(cfg.decoder_kwargs))
     model = SegmentationModel(model_cfg)
@@ -202,14 +215,14 @@ def _finetune(
         load_encoder_weights(model.encoder, cfg.encoder_weights)
     if cfg.init and not resume:
         initialize_from(model, cfg.init, cfg.init_parts, cb)
-    aux = None
-    if cfg.contrast.enabled:
-        from segcl.engine.contrast_aux import CrossImageAux
-
-        aux = CrossImageAux(cfg.contrast, model.decoder.out_channels, info)
+    parts: dict[str, nn.Module] = {}
+    for method in methods:
+        part = method.module(cfg, model, info)
+        if part is not None:
+            parts[method.name] = part
     channels_last = cfg.channels_last and device.type == "cuda"
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    modules = [model] + ([aux.to(device)] if aux is not None else [])
+    modules = [model] + [part.to(device) for part in parts.values()]
     optimizer = build_optimizer(modules, cfg.optim)
     amp = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -218,32 +231,22 @@ def _finetune(
     if resume:
         weights = {k: v for k, v in read_weights(run.last).items() if not k.startswith("heads.")}
         load_state_into(model, weights, str(run.last))
-        if aux is not None:
-            aux.load_state(run.last)
+        for method in methods:
+            method.load_state(parts.get(method.name), run.last)
         st = train_state.unpack(*read_training_state(run.last), optimizer, scaler)
         run.truncate_metrics(st.step)
         cb.on_message(f"resumed {run.path} at step {st.step} (epoch {st.epoch})")
-    unlabeled_stream = None
-    if cfg.semi.enabled:
-        if not splits.unlabeled:
-            raise ConfigError("--semi needs unlabelled images: train on a labelled fraction or "
-                              "add --unlabeled DIR")
-        u_ds = SegmentationDataset(
-            splits.unlabeled, info,
-            WeakStrongTransform(size, tuple(cfg.scale), cfg.semi.strong_views, cfg.semi.cutmix,
-                                mean=mean, std=std),
-            seed=cfg.seed)
-        # indexed by step: a resumed run draws the batches the uninterrupted run would draw
-        unlabeled_stream = stream_loader(
-            u_ds, cfg.semi.batch_size or batch_size, cfg.seed, cfg.data.workers, device,
-            start_step=max(st.step, cfg.semi.warmup_steps), rank=ctx.rank, world=ctx.world)
-        cb.on_message(f"semi-supervised: {len(splits.labeled)} labelled, "
-                      f"{len(splits.unlabeled)} unlabelled images")
-    # during the contrast warm-up the head gets no gradient: DDP must be told to expect that
+    # second data streams (indexed by step, so a resumed run draws the same batches)
+    streams = {}
+    for method in methods:
+        stream = method.stream(cfg, data, batch_size, st.step, cb)
+        if stream is not None:
+            streams[method.name] = stream
+    # a module may get no gradient in some steps (a warm-up): DDP must be told to expect that
     step_module = distributed.wrap(
-        _TrainStep(model, aux, cfg.semi, info.ignore_index), ctx,
-        find_unused_parameters=aux is not None and cfg.contrast.warmup_steps > 0,
-        sync_buffers=False,  # the memory-bank queues are large and already in sync
+        _TrainStep(model, methods, parts, cfg, info.ignore_index), ctx,
+        find_unused_parameters=any(m.unused_parameters(cfg) for m in methods if m.name in parts),
+        sync_buffers=False,  # the methods' buffers (memory-bank queues) are large and in sync
     )
     if ctx.enabled:
         cb.on_message(f"training on {ctx.world} processes, batch {batch_size} per process")
@@ -256,8 +259,12 @@ def _finetune(
                                    command=cfg.command, metrics=metrics)
         config["train"] = to_dict(cfg)
         weights = model.state_dict()
-        if aux is not None and with_state:  # the projection head is not part of the export
-            weights = {**weights, **aux.state_for_checkpoint()}
+        if with_state:  # the methods' heads and queues are not part of the export
+            extra: dict[str, Tensor] = {}
+            for method in methods:
+                extra.update(method.state_for_checkpoint(parts.get(method.name)))
+            if extra:
+                weights = {**weights, **extra}
         save_checkpoint(folder, weights, config,
                         train_state.pack(st, optimizer, scaler) if with_state else None)
 
@@ -282,11 +289,10 @@ def _finetune(
             lr = set_lr(optimizer, cfg.optim.lr,
                         lr_factor(st.step, total_steps, cfg.optim.warmup_steps,
                                   cfg.optim.min_lr_ratio))
-            unlabeled = None
-            if unlabeled_stream is not None and st.step >= cfg.semi.warmup_steps:
-                unlabeled = to_device(next(unlabeled_stream), device, channels_last)
+            batches = {m.name: to_device(next(streams[m.name]), device, channels_last)
+                       for m in methods if m.name in streams and m.draws(cfg, st.step)}
             with autocast(device, amp):
-                loss, logs = step_module(batch["image"], batch["mask"], st.step, unlabeled)
+                loss, logs = step_module(batch["image"], batch["mask"], st.step, batches)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.optim.grad_clip:

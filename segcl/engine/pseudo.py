@@ -1,4 +1,6 @@
-"""Pseudo-labels for the semi-supervised stage (methods.md section 5, after Zhao et al.).
+"""Pseudo-labels from a teacher model, after Zhao et al., "Contrastive Learning for Label
+Efficient Semantic Segmentation", ICCV 2021 (used by ``segcl finetune --pseudo-labels``, the
+registered method :mod:`segcl.methods.pseudo_labels`, and by ``segcl pretrain --pseudo-labels``).
 
 A teacher (a model fine-tuned on the labelled subset) predicts class probabilities for every
 unlabelled image at the image's own resolution; a pixel keeps its predicted class when the top

@@ -1,37 +1,20 @@
-"""Online semi-supervised fine-tuning: weak-to-strong consistency on unlabelled images.
+"""Loss functions of online semi-supervised fine-tuning (weak-to-strong consistency).
 
-Each training step pairs the labelled batch with a batch of unlabelled images, as in FixMatch
-(Sohn et al., NeurIPS 2020) and UniMatch (Yang et al., "Revisiting Weak-to-Strong Consistency in
-Semi-Supervised Semantic Segmentation", CVPR 2023):
-
-1. The weak view ``x^w`` of an unlabelled image (scale, crop and flip only) goes through the model
-   together with the labelled batch. Its softmax ``p = softmax(f(x^w))`` gives the pseudo-label
-   ``y^ = argmax_c p_c`` and the confidence ``q = max_c p_c`` at every pixel (no gradient).
-2. Each strong view ``x^s_k`` is the same crop with colour jitter, grayscale and blur, and with a
-   CutMix box ``B_k`` pasted from another unlabelled image of the batch (the next one,
-   ``roll(., 1)``); the pseudo-labels and confidences are mixed with the same box, so the target of
-   a pasted pixel is the pseudo-label of the image it came from.
-3. UniMatch's feature perturbation: the weak view's encoder features go through dropout
-   (p = 0.5) and the decoder again, ``x^fp``; it is trained to the un-mixed pseudo-labels.
-
-With ``V`` the valid (non-padding) pixels of the unlabelled crops, the unlabelled loss of one
-prediction ``z`` against targets ``(y^, q)`` is
+The registered method that uses them is :mod:`segcl.methods.semi` (``--semi``; FixMatch, Sohn
+et al., NeurIPS 2020, and UniMatch, Yang et al., CVPR 2023). For an unlabelled image, the
+weak view's softmax ``p`` gives pseudo-labels ``y^ = argmax_c p_c`` with confidences
+``q = max_c p_c`` (:func:`pseudo_labels`); each strong view gets a CutMix box pasted from the next
+image of the batch, its targets mixed with the same box (:func:`mix_views`,
+:meth:`PseudoLabels.mixed`); a prediction ``z`` is trained with the confidence-masked
+cross-entropy averaged over the valid (non-padding) pixels ``V`` (:func:`consistency_loss`)::
 
     l(z) = 1/|V| * sum_{i in V} 1[q_i >= tau] * CE(z_i, y^_i)
 
-(the mean over all valid pixels, so that few confident pixels give a small loss), and the step
-minimises
+and :func:`unlabeled_loss` combines the strong views and UniMatch's feature perturbation
+(dropout 0.5 on the weak view's encoder features, decoded again)::
 
-    L = CE(f(x), y) + lambda * L_u,
     L_u = 1/2 * mean_k l(f(x^s_k)) + 1/2 * l(x^fp)   (feature perturbation on)
     L_u = mean_k l(f(x^s_k))                           (off)
-
-UniMatch's defaults: tau = 0.95, two strong views, CutMix probability 0.5, lambda = 1 (its
-``(L_x + L_u) / 2`` is the same objective with half the learning rate). During ``warmup_steps``
-only the supervised term is trained.
-
-The confident pseudo-labels are also returned, so that a pixel-contrast auxiliary loss can use
-real masks on labelled pixels and pseudo-labels on unlabelled ones.
 """
 
 from __future__ import annotations

@@ -1,7 +1,15 @@
-"""The registry of training methods: ``--method NAME`` -> a :class:`~segcl.methods.base.Method`.
+"""The registry of training methods: a name -> a :class:`~segcl.methods.base.Method`.
 
-Each method is one module of this package that subclasses a kind's base class (for pre-training
-:class:`~segcl.methods.base.PretrainMethod`) and registers itself::
+Two kinds of methods are registered here:
+
+- pre-training methods (:class:`~segcl.methods.base.PretrainMethod`), chosen by
+  ``segcl pretrain --method NAME``: exactly one per run;
+- fine-tuning methods (:class:`~segcl.methods.base.FinetuneMethod`), additions to the
+  supervised fine-tuning that the config switches on (``--semi``, ``--contrast cross-image``,
+  ``--pseudo-labels``): any number per run, :func:`active` lists them.
+
+Each method is one module of this package that subclasses its kind's base class and registers
+itself::
 
     from segcl.methods import register
     from segcl.methods.base import PretrainMethod
@@ -13,21 +21,28 @@ Each method is one module of this package that subclasses a kind's base class (f
         ...
 
 Built-in methods are imported (and so registered) at the end of this module; a new built-in
-method adds its import there. The engines and the CLI only ever call :func:`get` and
-:func:`names`.
+method adds its import there. Registration order is also the order in which the fine-tuning
+step composes the active methods (a method that reads the pseudo-labels of another, like
+``cross-image`` reading ``semi``'s, comes after it). The engines and the CLI only ever call
+:func:`get`, :func:`names`, :func:`describe` and :func:`active`.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from segcl.errors import ConfigError
-from segcl.methods.base import KINDS, Method, PretrainMethod
+from segcl.methods.base import KINDS, LABEL_USE, FinetuneMethod, Method, PretrainMethod
+
+if TYPE_CHECKING:
+    from segcl.config import FinetuneConfig
 
 __all__ = [
     "KINDS",
+    "FinetuneMethod",
     "Method",
     "PretrainMethod",
+    "active",
     "describe",
     "get",
     "names",
@@ -53,6 +68,11 @@ def register(method: M) -> M:
         raise ValueError(f"method {name!r}: kind must be one of {KINDS}, got {kind!r}")
     if not instance.help:
         raise ValueError(f"method {name!r} has no help text")
+    if isinstance(instance, FinetuneMethod) and (
+        not instance.flag or instance.unlabelled not in LABEL_USE
+    ):
+        raise ValueError(f"fine-tuning method {name!r} needs a flag and unlabelled in "
+                         f"{LABEL_USE}")
     if name in _REGISTRY and type(_REGISTRY[name]) is not type(instance):
         raise ValueError(f"method {name!r} is already registered ({_REGISTRY[name]!r})")
     _REGISTRY[name] = instance
@@ -88,5 +108,13 @@ def describe(kind: str) -> str:
     return text + "."
 
 
-# built-in methods, in the order they are listed; each registers itself on import
+def active(cfg: FinetuneConfig) -> tuple[FinetuneMethod, ...]:
+    """The fine-tuning methods ``cfg`` switches on, in registration order (the order in which
+    the training step composes them)."""
+    found = (_REGISTRY[n] for n in names("finetune"))
+    return tuple(m for m in found if isinstance(m, FinetuneMethod) and m.enabled(cfg))
+
+
+# built-in methods, in the order they are listed (and composed); each registers itself on import
 from segcl.methods import simclr, multiscale, supcon  # noqa: E402, F401, I001
+from segcl.methods import pseudo_labels, semi, cross_image  # noqa: E402, F401

@@ -1,0 +1,119 @@
+"""``semi``: online semi-supervised fine-tuning, weak-to-strong consistency on unlabelled images.
+
+Sohn et al., "FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence",
+NeurIPS 2020 (arXiv:2001.07685); Yang et al., "Revisiting Weak-to-Strong Consistency in
+Semi-Supervised Semantic Segmentation" (UniMatch), CVPR 2023 (arXiv:2208.09910).
+
+Switched on by ``--semi`` (config ``semi.enabled``; its settings are the ``semi`` section,
+:class:`~segcl.config.SemiConfig`). Data: the unlabelled images (the training images outside
+the labelled subset, plus ``--unlabeled``; required), drawn as a second stream next to the
+labelled batches (``semi.batch_size`` per step and process, the labelled batch size by default),
+indexed by step so that a resumed run draws the batches the uninterrupted run would draw. Each
+unlabelled image gives a weak view and ``K`` strong views
+(:class:`~segcl.data.transforms.WeakStrongTransform`). No module is added and nothing is saved.
+
+1. The weak view ``x^w`` (scale, crop and flip only) goes through the model together with the
+   labelled batch. Its softmax ``p = softmax(f(x^w))`` gives the pseudo-label
+   ``y^ = argmax_c p_c`` and the confidence ``q = max_c p_c`` at every pixel (no gradient).
+2. Each strong view ``x^s_k`` is the same crop with colour jitter, grayscale and blur, and with a
+   CutMix box ``B_k`` pasted from another unlabelled image of the batch (the next one,
+   ``roll(., 1)``); the pseudo-labels and confidences are mixed with the same box, so the target
+   of a pasted pixel is the pseudo-label of the image it came from.
+3. UniMatch's feature perturbation: the weak view's encoder features go through dropout
+   (p = 0.5) and the decoder again, ``x^fp``; it is trained to the un-mixed pseudo-labels.
+
+With ``V`` the valid (non-padding) pixels of the unlabelled crops, the unlabelled loss of one
+prediction ``z`` against targets ``(y^, q)`` is::
+
+    l(z) = 1/|V| * sum_{i in V} 1[q_i >= tau] * CE(z_i, y^_i)
+
+(the mean over all valid pixels, so that few confident pixels give a small loss), and the step
+minimises::
+
+    L = CE(f(x), y) + lambda * L_u,
+    L_u = 1/2 * mean_k l(f(x^s_k)) + 1/2 * l(x^fp)   (feature perturbation on)
+    L_u = mean_k l(f(x^s_k))                           (off)
+
+UniMatch's defaults: ``tau`` = 0.95 (``--semi-threshold``), ``K`` = 2 strong views
+(``--semi-views``), CutMix probability 0.5 (``--semi-cutmix``), ``lambda`` = 1
+(``--semi-weight``; UniMatch's ``(L_x + L_u) / 2`` is the same objective with half the learning
+rate). During ``semi.warmup_steps`` (``--semi-warmup``) only the supervised term is trained and
+no unlabelled batch is drawn.
+
+Logged: ``loss_u`` (``L_u``), ``loss_u_strong`` (its strong-view part), ``loss_u_fp`` (its
+feature-perturbation part) and ``confident`` (the share of valid pixels with ``q >= tau``).
+The confident pseudo-labels (``y^`` where ``q >= tau``, ignored elsewhere) become the labels of
+the unlabelled images for the methods composed after this one (the ``cross-image`` contrast).
+The loss functions are :mod:`segcl.engine.semi`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from segcl.methods import register
+from segcl.methods.base import FinetuneData, FinetuneMethod, FinetuneStep
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from segcl.config import FinetuneConfig
+    from segcl.engine.callbacks import Callback
+
+
+@register
+class Semi(FinetuneMethod):
+    name = "semi"
+    help = ("online semi-supervised training: confident weak-view pseudo-labels train CutMixed "
+            "strong views of the unlabelled images (UniMatch / FixMatch)")
+    flag = "--semi"
+    config_keys = ("semi",)
+    unlabelled = "required"
+    metrics = ("loss_u", "loss_u_strong", "confident", "loss_u_fp")
+
+    def enabled(self, cfg: FinetuneConfig) -> bool:
+        return bool(cfg.semi.enabled)
+
+    def stream(
+        self, cfg: FinetuneConfig, data: FinetuneData, batch_size: int, step: int,
+        callback: Callback,
+    ) -> Iterator[dict]:
+        from segcl.data import SegmentationDataset
+        from segcl.data.transforms import WeakStrongTransform
+        from segcl.engine.data_setup import stream_loader
+
+        semi = cfg.semi
+        dataset = SegmentationDataset(
+            data.unlabeled, data.info,
+            WeakStrongTransform(data.size, tuple(cfg.scale), semi.strong_views, semi.cutmix,
+                                mean=data.mean, std=data.std),
+            seed=cfg.seed)
+        # indexed by step: a resumed run draws the batches the uninterrupted run would draw
+        stream = stream_loader(
+            dataset, semi.batch_size or batch_size, cfg.seed, cfg.data.workers, data.device,
+            start_step=max(step, semi.warmup_steps), rank=data.rank, world=data.world)
+        callback.on_message(f"semi-supervised: {len(data.labeled)} labelled, "
+                            f"{len(data.unlabeled)} unlabelled images")
+        return stream
+
+    def draws(self, cfg: FinetuneConfig, step: int) -> bool:
+        return step >= cfg.semi.warmup_steps
+
+    def inputs(self, cfg: FinetuneConfig, batch: dict[str, Tensor]) -> Tensor:
+        return batch["image"]  # the weak views share the labelled images' forward pass
+
+    def loss(
+        self, module: nn.Module | None, step: FinetuneStep
+    ) -> tuple[Tensor, dict[str, Tensor]] | None:
+        batch = step.batches.get(self.name)
+        if batch is None:  # warm-up: supervised only
+            return None
+        from segcl.engine.semi import unlabeled_loss
+
+        semi = step.cfg.semi
+        rows = step.segments[self.name]
+        loss_u, terms, target = unlabeled_loss(step.model, [f[rows] for f in step.feats],
+                                               step.logits[rows], batch, semi)
+        step.targets[self.name] = target.masked(semi.threshold, step.ignore_index)
+        return semi.weight * loss_u, {"loss_u": loss_u.detach(), **terms}
