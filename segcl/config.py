@@ -7,6 +7,7 @@ effective configuration as ``config.yaml`` so the run can be inspected, repeated
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,77 @@ T = TypeVar("T")
 
 #: Fields that are tuples even where their default is ``None`` (YAML stores lists).
 TUPLE_FIELDS = ("image_size", "scale", "grid", "crop_scale")
+
+#: The value checks of every numeric field, by config class and field: ``positive`` (> 0),
+#: ``nonneg`` (>= 0), ``fraction`` (0 < x <= 1), ``probability`` (0 <= x <= 1), ``below1``
+#: (0 <= x < 1) or ``size`` (two positive integers). ``None`` always passes (= unset). Every
+#: config checks itself on construction (:func:`check_fields`), so flags, config.yaml files and
+#: Python callers all get the same one-line :class:`ConfigError` naming the option.
+CHECKS: dict[str, dict[str, str]] = {
+    "DataConfig": {"image_size": "size", "labeled_fraction": "fraction",
+                   "labeled_count": "positive", "workers": "nonneg"},
+    "OptimConfig": {"lr": "positive", "momentum": "below1", "weight_decay": "nonneg",
+                    "warmup_steps": "nonneg", "min_lr_ratio": "probability",
+                    "grad_clip": "positive"},
+    "ContrastConfig": {"weight": "nonneg", "temperature": "positive",
+                       "base_temperature": "positive", "max_samples": "positive",
+                       "max_views": "positive", "memory_size": "positive",
+                       "warmup_steps": "nonneg", "dim": "positive"},
+    "SemiConfig": {"threshold": "below1", "weight": "nonneg", "strong_views": "positive",
+                   "cutmix": "probability", "warmup_steps": "nonneg", "batch_size": "positive"},
+    "FinetuneConfig": {"epochs": "positive", "steps": "positive", "batch_size": "positive",
+                       "val_every": "positive", "log_every": "positive",
+                       "pseudo_threshold": "fraction", "pseudo_background_threshold": "fraction",
+                       "brightness": "nonneg", "contrast_jitter": "nonneg", "seed": "nonneg"},
+    "PretrainConfig": {"epochs": "positive", "steps": "positive", "batch_size": "positive",
+                       "temperature": "positive", "grid": "size", "max_pixels": "positive",
+                       "local_grid": "positive", "proj_dim": "positive", "pixel_dim": "positive",
+                       "strength": "nonneg", "pseudo_threshold": "fraction",
+                       "pseudo_background_threshold": "fraction", "log_every": "positive",
+                       "save_every_s": "positive", "seed": "nonneg"},
+}
+
+#: CLI spellings that differ from ``--field-name``
+OPTION_NAMES = {"SemiConfig.threshold": "--semi-threshold", "SemiConfig.weight": "--semi-weight",
+                "SemiConfig.strong_views": "--semi-views", "SemiConfig.cutmix": "--semi-cutmix",
+                "SemiConfig.warmup_steps": "--semi-warmup",
+                "SemiConfig.batch_size": "--unlabeled-batch-size",
+                "ContrastConfig.weight": "--contrast-weight",
+                "ContrastConfig.warmup_steps": "--contrast-warmup",
+                "ContrastConfig.temperature": "--contrast-temperature"}
+
+_RULES = {
+    "positive": ("> 0", lambda v: v > 0),
+    "nonneg": (">= 0", lambda v: v >= 0),
+    "fraction": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "probability": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "below1": ("in [0, 1)", lambda v: 0 <= v < 1),
+}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_fields(cfg: Any) -> None:
+    """Check ``cfg``'s numeric fields against :data:`CHECKS` (ConfigError naming the option)."""
+    cls = type(cfg).__name__
+    for name, rule in CHECKS.get(cls, {}).items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        option = OPTION_NAMES.get(f"{cls}.{name}", "--" + name.replace("_", "-"))
+        if rule == "size":
+            ok = (isinstance(value, (tuple, list)) and len(value) == 2
+                  and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                          for v in value))
+            if not ok:
+                shown = "x".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+                raise ConfigError(f"{option} must be HxW with two positive integers, got {shown}")
+            continue
+        text, test = _RULES[rule]
+        if not _number(value) or not test(value):
+            raise ConfigError(f"{option} must be a number {text}, got {value!r}")
 
 
 @dataclass
@@ -49,6 +121,9 @@ class DataConfig:
     workers: int = 2
     unlabeled: str | None = None
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 @dataclass
 class OptimConfig:
@@ -61,6 +136,9 @@ class OptimConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0
     grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -77,6 +155,9 @@ class ContrastConfig:
     memory_size: int = 5000
     warmup_steps: int = 0
     dim: int = 256
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -105,18 +186,7 @@ class SemiConfig:
     batch_size: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold < 1.0:
-            raise ConfigError(f"--semi-threshold must be in [0, 1), got {self.threshold}")
-        if not self.weight >= 0.0:
-            raise ConfigError(f"--semi-weight must be >= 0, got {self.weight}")
-        if self.strong_views < 1:
-            raise ConfigError(f"--semi-views must be >= 1, got {self.strong_views}")
-        if not 0.0 <= self.cutmix <= 1.0:
-            raise ConfigError(f"--semi-cutmix must be in [0, 1], got {self.cutmix}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"--semi-warmup must be >= 0, got {self.warmup_steps}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"--unlabeled-batch-size must be >= 1, got {self.batch_size}")
+        check_fields(self)
 
 
 @dataclass
@@ -152,6 +222,9 @@ class FinetuneConfig:
     seed: int = 0
     log_every: int = 10
     command: str | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 PRETRAIN_LOSSES = ("global", "local", "pixel")
@@ -233,6 +306,9 @@ class PretrainConfig:
     log_every: int = 10
     save_every_s: float = 300.0
     command: str | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -13,17 +13,17 @@ from segcl.errors import ConfigError
 T = TypeVar("T")
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str, option: str = "--image-size") -> tuple[int, int]:
     """``"192x256"`` (height x width) or ``"256"`` (square) -> ``(h, w)``."""
     try:
         parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
     except ValueError as err:
-        raise ConfigError(f"--image-size must look like 192x256 (height x width), got '{text}'") \
+        raise ConfigError(f"{option} must look like 192x256 (height x width), got '{text}'") \
             from err
     if len(parts) == 1:
         parts = parts * 2
     if len(parts) != 2 or min(parts) <= 0:
-        raise ConfigError(f"--image-size must look like 192x256 (height x width), got '{text}'")
+        raise ConfigError(f"{option} must look like 192x256 (height x width), got '{text}'")
     return parts[0], parts[1]
 
 

@@ -46,7 +46,7 @@ def parse_grid(text: str | None) -> tuple[int, int] | None:
     """``"65x65"`` -> ``(65, 65)``; empty / ``native`` -> None (the decoder's resolution)."""
     if not text or text.lower() == "native":
         return None
-    return o.parse_size(text)
+    return o.parse_size(text, "--grid")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,60 @@
+"""One value check for every numeric option: flags, config files and Python callers alike."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from segcl.config import (
+    CHECKS,
+    DataConfig,
+    FinetuneConfig,
+    OptimConfig,
+    PretrainConfig,
+    SemiConfig,
+    from_dict,
+)
+from segcl.errors import ConfigError
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: FinetuneConfig(batch_size=0), "--batch-size must be a number > 0, got 0"),
+    (lambda: FinetuneConfig(steps=-5), "--steps must be a number > 0"),
+    (lambda: OptimConfig(lr=math.nan), "--lr must be a number > 0, got nan"),
+    (lambda: OptimConfig(lr=-1), "--lr"),
+    (lambda: OptimConfig(weight_decay=-1), "--weight-decay must be a number >= 0"),
+    (lambda: DataConfig(workers=-1), "--workers must be a number >= 0"),
+    (lambda: DataConfig(labeled_fraction=1.5), r"--labeled-fraction must be a number in \(0, 1\]"),
+    (lambda: DataConfig(image_size=(0, 0)), "--image-size must be HxW"),
+    (lambda: PretrainConfig(grid=(0, 4)), "--grid must be HxW"),
+    (lambda: FinetuneConfig(val_every=0), "--val-every"),
+    (lambda: SemiConfig(threshold=1.0), "--semi-threshold must be a number in"),
+    (lambda: SemiConfig(batch_size=0), "--unlabeled-batch-size"),
+    (lambda: FinetuneConfig(batch_size=True), "--batch-size"),
+])
+def test_bad_values_name_the_option(build, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_defaults_and_unset_values_pass() -> None:
+    for cls in (DataConfig, OptimConfig, SemiConfig, FinetuneConfig, PretrainConfig):
+        cls()
+    assert FinetuneConfig(steps=None).steps is None
+    assert set(CHECKS) >= {"DataConfig", "OptimConfig", "FinetuneConfig", "PretrainConfig"}
+
+
+def test_config_files_are_checked_too() -> None:
+    with pytest.raises(ConfigError, match="--batch-size"):
+        from_dict(FinetuneConfig, {"batch_size": -3})
+    with pytest.raises(ConfigError, match="--lr"):
+        from_dict(FinetuneConfig, {"optim": {"lr": -1}})
+
+
+def test_cli_refuses_before_any_work(tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = run_cli("finetune", str(tmp_path), "--steps", "0", "--out", str(out))
+    assert proc.returncode == 2 and proc.stderr.startswith("Error: --steps must be")
+    assert "Traceback" not in proc.stderr and not out.exists()
