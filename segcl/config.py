@@ -344,7 +344,7 @@ def from_dict(cls: type[T], d: dict[str, Any]) -> T:
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
     """Write a config dataclass as YAML."""
-    from segcl.engine.checkpoint import atomic_write_text
+    from segcl.fileio import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

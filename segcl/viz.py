@@ -9,14 +9,14 @@ file in the destination folder, then :func:`os.replace`), so a reader never sees
 from __future__ import annotations
 
 import math
-import os
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+from segcl.fileio import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -146,22 +146,9 @@ def overlay(
 
 
 # --------------------------------------------------------------------------------- writing
-def _atomic_write(out_path: Path | str, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``out_path`` then rename it into place."""
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
-
-
 def save_png(image: Image.Image, out_png: Path | str) -> Path:
     """Save a PIL image as PNG atomically (e.g. ``save_png(colorize(mask, pal), path)``)."""
-    return _atomic_write(out_png, lambda tmp: image.save(tmp, format="PNG"))
+    return atomic_write(out_png, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -172,7 +159,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save_figure(fig: Figure, out_png: Path | str) -> Path:
-    return _atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))
+    return atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 # ----------------------------------------------------------------------------------- plots

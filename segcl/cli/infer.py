@@ -74,8 +74,8 @@ def register(app: typer.Typer) -> None:
 
         Metrics are computed at each mask's full resolution; the ignore index is excluded.
         """
-        from segcl.engine.checkpoint import atomic_write_text
         from segcl.engine.evaluate import evaluate as run_evaluate
+        from segcl.fileio import atomic_write_text
 
         metrics = run_evaluate(model, str(data), split=split, layout=layout, mode=mode,
                                batch_size=batch_size, device=device, workers=workers,

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from segcl.errors import DataError
+from segcl.fileio import atomic_write
 
 # segcl parallelises over images (DataLoader workers, reader threads), never inside one OpenCV
 # call. OpenCV's own thread pool also deadlocks in DataLoader workers forked after it started.
@@ -98,7 +99,8 @@ def read_mask(path: str | Path) -> np.ndarray:
 def write_mask(
     path: str | Path, mask: np.ndarray, palette: Sequence[tuple[int, int, int]] | None = None
 ) -> None:
-    """Write an ``HxW`` class-index mask as PNG; a palette PNG when ``palette`` is given.
+    """Write an ``HxW`` class-index mask as PNG (atomically); a palette PNG when ``palette`` is
+    given.
 
     With a palette the file still stores indices (:func:`read_mask` reads them back) but image
     viewers show the class colours. Values above 255 need ``palette=None`` (16-bit PNG).
@@ -109,7 +111,6 @@ def write_mask(
         raise DataError(f"{path}: mask to write must be HxW, got shape {mask.shape}")
     if mask.size and (mask.min() < 0 or mask.max() > 65535):
         raise DataError(f"{path}: mask values must be in 0..65535 to be written as PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
     if mask.size == 0 or mask.max() <= 255:
         im = Image.fromarray(mask.astype(np.uint8))
         if palette is not None:
@@ -119,7 +120,7 @@ def write_mask(
         if palette is not None:
             raise DataError(f"{path}: a palette PNG holds at most 256 labels")
         im = Image.fromarray(mask.astype(np.uint16))
-    im.save(path, format="PNG")
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:

@@ -28,17 +28,6 @@ STATE_TENSORS = "training_state.safetensors"
 STATE_META = "training_state.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _swap_in(tmp: Path, final: Path) -> None:
     old = final.with_name(final.name + ".old")
     if old.exists():

@@ -24,6 +24,7 @@ from segcl.engine.callbacks import Callback
 from segcl.engine.inference import infer_logits, resize_logits
 from segcl.engine.runtime import autocast
 from segcl.errors import DataError
+from segcl.fileio import atomic_write
 
 
 @dataclass
@@ -61,6 +62,13 @@ def _load(path: Path, rel: Path, size: tuple[int, int] | None, mean, std, keep: 
                  tensor=to_tensor(resized, mean, std))
 
 
+def _imwrite_jpg(path: Path, bgr: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".jpg", bgr)
+    if not ok:
+        raise DataError(f"{path}: cannot encode the overlay")
+    path.write_bytes(buf.tobytes())
+
+
 def _write(item: _Item, mask: np.ndarray, out_dir: Path, palette, overlay: bool, alpha: float):
     target = out_dir / item.rel.with_suffix(".png")
     write_mask(target, mask, palette)
@@ -70,7 +78,8 @@ def _write(item: _Item, mask: np.ndarray, out_dir: Path, palette, overlay: bool,
         assert item.image is not None
         over = blend(item.image, mask, palette, alpha=alpha)
         ov = out_dir / item.rel.parent / f"{item.rel.name}_overlay.jpg"
-        cv2.imwrite(str(ov), cv2.cvtColor(over, cv2.COLOR_RGB2BGR))
+        bgr = cv2.cvtColor(over, cv2.COLOR_RGB2BGR)
+        atomic_write(ov, lambda tmp: _imwrite_jpg(tmp, bgr))
     return target
 
 

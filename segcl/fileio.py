@@ -1,0 +1,53 @@
+"""Atomic file writes: a file that exists is complete.
+
+Every output segcl writes (masks, overlays, plots, configs, checkpoint files) goes through
+:func:`atomic_write`: the content is written to a temporary file next to the target, flushed, and
+renamed over it with ``os.replace`` (atomic on POSIX and Windows). A process killed mid-write
+leaves at most a hidden ``.NAME.*.tmp`` file, never a truncated output under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from segcl.errors import ConfigError
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary path next to ``path``, then rename it into place.
+
+    Raises:
+        ConfigError: ``path`` is a directory, or its folder cannot be created or written
+            (nothing is left behind).
+    """
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"{out}: is a directory, expected a file path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{out.parent}: cannot create the folder ({err.strerror})") from err
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    except PermissionError as err:
+        raise ConfigError(f"{out}: cannot write ({err.strerror})") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically, flushed to disk before the rename."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return atomic_write(path, write)
