@@ -40,13 +40,14 @@ CHECKS: dict[str, dict[str, str]] = {
                    "cutmix": "probability", "warmup_steps": "nonneg", "batch_size": "positive"},
     "FinetuneConfig": {"epochs": "positive", "steps": "positive", "batch_size": "positive",
                        "val_every": "positive", "log_every": "positive",
-                       "pseudo_threshold": "fraction", "pseudo_background_threshold": "fraction",
+                       "pseudo_threshold": "probability",
+                       "pseudo_background_threshold": "probability",
                        "brightness": "nonneg", "contrast_jitter": "nonneg", "seed": "nonneg"},
     "PretrainConfig": {"epochs": "positive", "steps": "positive", "batch_size": "positive",
                        "temperature": "positive", "grid": "size", "max_pixels": "positive",
                        "local_grid": "positive", "proj_dim": "positive", "pixel_dim": "positive",
-                       "strength": "nonneg", "pseudo_threshold": "fraction",
-                       "pseudo_background_threshold": "fraction", "log_every": "positive",
+                       "strength": "nonneg", "pseudo_threshold": "probability",
+                       "pseudo_background_threshold": "probability", "log_every": "positive",
                        "save_every_s": "positive", "seed": "nonneg"},
 }
 

@@ -95,14 +95,19 @@ class PretrainMethod(Method, ABC):
     ) -> Any:
         """The dataset transform (``image, mask, rng -> tensors``, named by its ``keys``)."""
 
-    @abstractmethod
     def heads(
         self, cfg: PretrainConfig, model: SegmentationModel, terms: list[str],
         ignore_index: int, gather: bool,
     ) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
         """Projection heads and loss modules by term, created in ``terms`` order (the order
         consumes the random generator: keep it stable). ``model`` gives the encoder / decoder
-        channels; ``gather``: the losses take negatives from every process."""
+        channels; ``gather``: the losses take negatives from every process.
+
+        Default: the standard head and loss of each term (:func:`segcl.methods.terms.build_terms`).
+        """
+        from segcl.methods.terms import build_terms
+
+        return build_terms(cfg, model, terms, ignore_index, gather)
 
     @abstractmethod
     def loss(self, net: Any, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:

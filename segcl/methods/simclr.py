@@ -30,10 +30,9 @@ from segcl.methods import register, terms
 from segcl.methods.base import PretrainMethod
 
 if TYPE_CHECKING:
-    from torch import Tensor, nn
+    from torch import Tensor
 
     from segcl.config import PretrainConfig
-    from segcl.models import SegmentationModel
 
 
 @register
@@ -57,12 +56,6 @@ class SimCLR(PretrainMethod):
 
         return TwoViewTransform(size, crop_scale=tuple(cfg.crop_scale), strength=cfg.strength,
                                 mean=mean, std=std)
-
-    def heads(
-        self, cfg: PretrainConfig, model: SegmentationModel, terms_: list[str],
-        ignore_index: int, gather: bool,
-    ) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
-        return terms.build_terms(cfg, model, terms_, ignore_index, gather)
 
     def loss(self, net: Any, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         return terms.total(terms.pair_losses(net, batch["view1"], batch["view2"]))

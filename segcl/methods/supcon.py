@@ -25,20 +25,16 @@ random (``variant="batch"``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from segcl.methods import register, terms
-from segcl.methods.base import PretrainMethod
 
 if TYPE_CHECKING:
-    from torch import Tensor, nn
-
     from segcl.config import PretrainConfig
-    from segcl.models import SegmentationModel
 
 
 @register
-class SupCon(PretrainMethod):
+class SupCon(terms.PairViewsMethod):
     name = "supcon"
     help = "label-based pixel contrast on the labelled images; trains encoder + decoder"
     labels = "required"
@@ -49,21 +45,3 @@ class SupCon(PretrainMethod):
 
     def trains_decoder(self, terms_: list[str]) -> bool:
         return True
-
-    def transform(
-        self, cfg: PretrainConfig, size: tuple[int, int], mean: tuple[float, ...],
-        std: tuple[float, ...], ignore_index: int,
-    ) -> Any:
-        from segcl.data import PairTransform
-
-        return PairTransform(size, scale=tuple(cfg.scale), strength=cfg.strength, mean=mean,
-                             std=std, ignore_index=ignore_index)
-
-    def heads(
-        self, cfg: PretrainConfig, model: SegmentationModel, terms_: list[str],
-        ignore_index: int, gather: bool,
-    ) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
-        return terms.build_terms(cfg, model, terms_, ignore_index, gather)
-
-    def loss(self, net: Any, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        return terms.total(terms.pair_losses(net, batch["image"], batch["image2"], batch["mask"]))

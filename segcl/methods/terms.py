@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from segcl.methods.base import PretrainMethod
+
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
@@ -106,3 +108,20 @@ def pair_losses(net: Any, x1: Tensor, x2: Tensor, mask: Tensor | None = None
 def total(terms: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
     """``(sum of the terms, terms)``: the usual :meth:`PretrainMethod.loss` result."""
     return sum(terms.values()), terms  # type: ignore[return-value]
+
+
+class PairViewsMethod(PretrainMethod):
+    """Base of the methods trained on an image and its colour-distorted copy with the same
+    geometry (:class:`segcl.data.PairTransform`), with the mask for the pixel term."""
+
+    def transform(
+        self, cfg: PretrainConfig, size: tuple[int, int], mean: tuple[float, ...],
+        std: tuple[float, ...], ignore_index: int,
+    ) -> Any:
+        from segcl.data import PairTransform
+
+        return PairTransform(size, scale=tuple(cfg.scale), strength=cfg.strength, mean=mean,
+                             std=std, ignore_index=ignore_index)
+
+    def loss(self, net: Any, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        return total(pair_losses(net, batch["image"], batch["image2"], batch["mask"]))
