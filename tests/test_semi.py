@@ -150,3 +150,26 @@ def _records(run) -> list[dict]:
     import json
 
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_strong_views_leave_running_stats_alone_when_asked(clean: bool) -> None:
+    from segcl.engine.semi import unlabeled_loss
+    from segcl.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("test_resnet", "unet", num_classes=3).train()
+    t = WeakStrongTransform((32, 32), strong_views=1)
+    items = [dict(zip(t.keys, t(_image(), None, np.random.default_rng(i)), strict=True))
+             for i in range(2)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in t.keys}
+    feats, dense = model.forward_dense(batch["image"])
+    logits = model.classify(dense, (32, 32))
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    cfg = SemiConfig(strong_views=1, threshold=0.0, clean_bn_stats=clean)
+    loss, _, _ = unlabeled_loss(model, feats, logits, batch, cfg)
+    loss.backward()
+    after = {k: v for k, v in model.state_dict().items() if "running" in k}
+    same = all(torch.equal(before[k], after[k]) for k in before)
+    assert same == clean
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))

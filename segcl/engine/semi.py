@@ -19,11 +19,13 @@ and :func:`unlabeled_loss` combines the strong views and UniMatch's feature pert
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from segcl.config import SemiConfig
 from segcl.models import SegmentationModel
@@ -67,6 +69,27 @@ def mix_views(strong: Tensor, box: Tensor) -> Tensor:
     return torch.where(box[:, None], strong.roll(1, 0), strong)
 
 
+@contextlib.contextmanager
+def _running_stats(model: nn.Module, frozen: bool) -> Iterator[None]:
+    """With ``frozen``, batch norms normalise with the batch's statistics but leave their
+    running averages (what evaluation uses) as they are."""
+    if not frozen:
+        yield
+        return
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [m.momentum for m in norms]
+    counts = [m.num_batches_tracked.clone() for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in zip(norms, saved, counts, strict=True):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
 def unlabeled_loss(
     model: SegmentationModel,
     feats_weak: list[Tensor],
@@ -84,7 +107,8 @@ def unlabeled_loss(
     target = pseudo_labels(logits_weak, batch["valid"])
     views = range(1, cfg.strong_views + 1)
     strong = torch.cat([mix_views(batch[f"strong{k}"], batch[f"box{k}"]) for k in views])
-    logits_strong = model(strong).chunk(cfg.strong_views)
+    with _running_stats(model, cfg.clean_bn_stats):
+        logits_strong = model(strong).chunk(cfg.strong_views)
     loss_s = torch.stack([
         consistency_loss(z, target.mixed(batch[f"box{k}"]), cfg.threshold)
         for k, z in zip(views, logits_strong, strict=True)
@@ -95,7 +119,8 @@ def unlabeled_loss(
     loss = loss_s
     if cfg.feature_perturbation:
         dropped = [F.dropout2d(f, 0.5, training=True) for f in feats_weak]
-        logits_fp = model.classify(model.decoder(dropped), size)
+        with _running_stats(model, cfg.clean_bn_stats):
+            logits_fp = model.classify(model.decoder(dropped), size)
         loss_fp = consistency_loss(logits_fp, target, cfg.threshold)
         loss = 0.5 * loss_s + 0.5 * loss_fp
         logs["loss_u_fp"] = loss_fp.detach()

@@ -34,6 +34,12 @@ minimises::
     L_u = 1/2 * mean_k l(f(x^s_k)) + 1/2 * l(x^fp)   (feature perturbation on)
     L_u = mean_k l(f(x^s_k))                           (off)
 
+Batch norm: the strong views (colour-distorted, CutMixed) and the feature-perturbation branch
+(dropout doubles the kept channels) have other statistics than clean images. With
+``semi.clean_bn_stats`` they are normalised with their own batch statistics but do not move the
+running averages, which then come from the labelled + weak forward alone: the kind of images
+evaluation sees. (UniMatch lets every forward update them.)
+
 UniMatch's defaults: ``tau`` = 0.95 (``--semi-threshold``), ``K`` = 2 strong views
 (``--semi-views``), CutMix probability 0.5 (``--semi-cutmix``), ``lambda`` = 1
 (``--semi-weight``; UniMatch's ``(L_x + L_u) / 2`` is the same objective with half the learning
