@@ -8,6 +8,7 @@ For each labelled fraction and each arm, the same total budget of optimiser step
   terms (the ablation);
 - ``cross-image``: fine-tune with the auxiliary cross-image pixel contrast for the whole budget;
 - ``semi``: online semi-supervised fine-tuning (``--semi``) on the unlabelled rest of the split;
+- ``semi-shared``: the same with UniMatch's shared forward (``--semi-shared-forward``);
 - ``semi+contrast``: the same plus the label-based pixel contrast on real masks and confident
   pseudo-labels (``--contrast cross-image``, warmed up);
 - ``supcon-pseudo``: the ``random`` arm's model (same fraction) pseudo-labels the unlabelled
@@ -70,7 +71,9 @@ FINETUNE_ARMS = {
     "random": [],
     "cross-image": ["--contrast", "cross-image"],
     "semi": ["--semi"],
-    "semi+contrast": ["--semi", "--contrast", "cross-image", "--contrast-warmup", "200"],
+    "semi-shared": ["--semi", "--semi-shared-forward"],
+    "semi+contrast": ["--semi", "--semi-shared-forward", "--contrast", "cross-image",
+                      "--contrast-warmup", "200"],
 }
 
 

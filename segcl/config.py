@@ -175,8 +175,9 @@ class SemiConfig:
         cutmix: probability of a CutMix box in each strong view.
         warmup_steps: supervised-only steps before the unlabelled loss starts.
         batch_size: unlabelled images per step and process (``None``: the labelled batch size).
-        clean_bn_stats: batch-norm running statistics come from the labelled + weak forward
-            only; the strong views and the feature-perturbation branch do not move them.
+        shared_forward: the weak views share the labelled images' forward pass and every
+            forward updates the batch-norm running statistics (UniMatch); by default the
+            unlabelled views have forwards of their own that leave those statistics alone.
     """
 
     enabled: bool = False
@@ -187,7 +188,7 @@ class SemiConfig:
     cutmix: float = 0.5
     warmup_steps: int = 0
     batch_size: int | None = None
-    clean_bn_stats: bool = False
+    shared_forward: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -166,7 +166,7 @@ def test_strong_views_leave_running_stats_alone_when_asked(clean: bool) -> None:
     feats, dense = model.forward_dense(batch["image"])
     logits = model.classify(dense, (32, 32))
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
-    cfg = SemiConfig(strong_views=1, threshold=0.0, clean_bn_stats=clean)
+    cfg = SemiConfig(strong_views=1, threshold=0.0, shared_forward=not clean)
     loss, _, _ = unlabeled_loss(model, feats, logits, batch, cfg)
     loss.backward()
     after = {k: v for k, v in model.state_dict().items() if "running" in k}

@@ -14,7 +14,7 @@ from segcl.cli.progress import results as stdout
 
 N_TRAIN, N_VAL, SIZE, STEPS = 96, 16, (64, 96), 150
 #: the semi-supervised settings of the CPU recipe (one strong view, half-size unlabelled batch)
-DEMO_SEMI = {"strong_views": 1, "batch_size": 8, "threshold": 0.8, "clean_bn_stats": True}
+DEMO_SEMI = {"strong_views": 1, "batch_size": 8, "threshold": 0.8}
 
 DEMO_EPILOG = """
 [bold]Example[/bold]

@@ -88,9 +88,9 @@ def register(app: typer.Typer) -> None:
                                                         "view.")] = 0.5,
         semi_warmup: Annotated[int, typer.Option(help="Supervised-only steps before the "
                                                       "unlabelled loss.")] = 0,
-        semi_clean_bn: Annotated[bool, typer.Option(
-            help="Batch-norm running statistics from the clean forward only (not from the strong "
-                 "views and the feature-perturbation branch).")] = False,
+        semi_shared_forward: Annotated[bool, typer.Option(
+            "--semi-shared-forward", help="Weak views share the labelled images' forward and "
+            "batch-norm statistics (UniMatch); needed for --contrast on pseudo-labels.")] = False,
         unlabeled_batch_size: Annotated[int | None, typer.Option(
             help="Unlabelled images per step (default: --batch-size).")] = None,
         brightness: Annotated[float, typer.Option(help="Brightness jitter strength.")] = 0.0,
@@ -121,7 +121,8 @@ def register(app: typer.Typer) -> None:
                 semi=SemiConfig(enabled=semi, threshold=semi_threshold, weight=semi_weight,
                                 strong_views=semi_views, feature_perturbation=semi_fp,
                                 cutmix=semi_cutmix, warmup_steps=semi_warmup,
-                                batch_size=unlabeled_batch_size, clean_bn_stats=semi_clean_bn),
+                                batch_size=unlabeled_batch_size,
+                                shared_forward=semi_shared_forward),
                 out=str(out), encoder=encoder, decoder=decoder, init=init, init_parts=init_parts,
                 encoder_weights=encoder_weights, pseudo_labels=pseudo_labels, epochs=epochs,
                 steps=steps, batch_size=batch_size, val_every=val_every, eval_mode=eval_mode,

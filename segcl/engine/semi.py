@@ -70,7 +70,7 @@ def mix_views(strong: Tensor, box: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def _running_stats(model: nn.Module, frozen: bool) -> Iterator[None]:
+def running_stats_frozen(model: nn.Module, frozen: bool) -> Iterator[None]:
     """With ``frozen``, batch norms normalise with the batch's statistics but leave their
     running averages (what evaluation uses) as they are."""
     if not frozen:
@@ -107,7 +107,7 @@ def unlabeled_loss(
     target = pseudo_labels(logits_weak, batch["valid"])
     views = range(1, cfg.strong_views + 1)
     strong = torch.cat([mix_views(batch[f"strong{k}"], batch[f"box{k}"]) for k in views])
-    with _running_stats(model, cfg.clean_bn_stats):
+    with running_stats_frozen(model, not cfg.shared_forward):
         logits_strong = model(strong).chunk(cfg.strong_views)
     loss_s = torch.stack([
         consistency_loss(z, target.mixed(batch[f"box{k}"]), cfg.threshold)
@@ -119,7 +119,7 @@ def unlabeled_loss(
     loss = loss_s
     if cfg.feature_perturbation:
         dropped = [F.dropout2d(f, 0.5, training=True) for f in feats_weak]
-        with _running_stats(model, cfg.clean_bn_stats):
+        with running_stats_frozen(model, not cfg.shared_forward):
             logits_fp = model.classify(model.decoder(dropped), size)
         loss_fp = consistency_loss(logits_fp, target, cfg.threshold)
         loss = 0.5 * loss_s + 0.5 * loss_fp
