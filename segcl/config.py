@@ -230,6 +230,8 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.init_parts != "auto" and not self.init:
+            raise ConfigError("--init-parts needs --init (the checkpoint to take the parts from)")
 
 
 PRETRAIN_LOSSES = ("global", "local", "pixel")

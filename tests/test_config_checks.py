@@ -58,3 +58,31 @@ def test_cli_refuses_before_any_work(tmp_path) -> None:
     proc = run_cli("finetune", str(tmp_path), "--steps", "0", "--out", str(out))
     assert proc.returncode == 2 and proc.stderr.startswith("Error: --steps must be")
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_options_that_need_each_other() -> None:
+    with pytest.raises(ConfigError, match="--init-parts needs --init"):
+        FinetuneConfig(init_parts="encoder")
+    FinetuneConfig(init="runs/x", init_parts="encoder")
+
+
+def test_a_missing_teacher_fails_even_without_unlabelled_images(tmp_path) -> None:
+    import torch
+
+    from segcl.data import DatasetInfo
+    from segcl.engine.pseudo import pseudo_label
+    from segcl.errors import CheckpointError
+
+    with pytest.raises((CheckpointError, ConfigError)):
+        pseudo_label(str(tmp_path / "no-such-run"), [], DatasetInfo(["a", "b"]),
+                     FinetuneConfig(), torch.device("cpu"))
+
+
+def test_usage_errors_are_one_line(tmp_path) -> None:
+    for args in (("finetune", "x", "--batch-size", "abc"), ("predict", "m", "i",
+                                                              "--batch-size", "-3"),
+                 ("finetune", "--no-such-flag")):
+        proc = run_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2, args
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr

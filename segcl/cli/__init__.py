@@ -1,7 +1,7 @@
 """The ``segcl`` command-line tool: a thin layer over the library.
 
-Known errors (:class:`segcl.errors.SegclError`) become one ``Error:`` line and exit status 2;
-set ``SEGCL_DEBUG=1`` to see the traceback.
+Known errors (:class:`segcl.errors.SegclError`) and malformed command lines (click's usage
+errors) become one ``Error:`` line and exit status 2; set ``SEGCL_DEBUG=1`` to see the traceback.
 """
 
 from __future__ import annotations
@@ -62,10 +62,18 @@ def one_line(err: BaseException) -> str:
     return re.sub(r"^segcl\.errors\.\w+: ", "", text)
 
 
+def _is_usage_error(err: BaseException) -> bool:
+    """click's UsageError (typer vendors its own click, so match the class by name)."""
+    return any(c.__name__ == "UsageError" for c in type(err).__mro__)
+
+
 def main() -> None:
     """Entry point of the ``segcl`` console script."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.secho("Interrupted.", err=True)
+        sys.exit(130)
     except SegclError as err:
         if os.environ.get("SEGCL_DEBUG"):
             raise
@@ -74,3 +82,15 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.secho("Interrupted.", err=True)
         sys.exit(130)
+    except Exception as err:
+        if not _is_usage_error(err) or os.environ.get("SEGCL_DEBUG"):
+            raise
+        ctx = getattr(err, "ctx", None)
+        if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+        else:  # a malformed flag value, an unknown option
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.secho(f"Error: {err.format_message()}{hint}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    if isinstance(code, int) and code:  # typer.Exit(code) from a command
+        sys.exit(code)

@@ -52,8 +52,8 @@ Classes = Annotated[str | None, typer.Option(help="Comma-separated class names (
 IgnoreIndex = Annotated[int | None, typer.Option(help="Label value to ignore (default: the "
                                                       "dataset's, 255 for folders).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-Workers = Annotated[int, typer.Option(help="Data-loading worker processes.")]
-BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
+Workers = Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per batch.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final result.")]
 Amp = Annotated[bool, typer.Option(help="Mixed precision on CUDA (bf16, or fp16 + grad "
                                         "scaling); ignored on CPU.")]

@@ -99,10 +99,10 @@ def pseudo_label(
     """
     cb = callback or Callback()
     unlabeled = [dataclasses.replace(s, mask=None) for s in samples]
+    model, config = load_model(teacher_ref, device)  # a missing teacher fails even with no images
     if not unlabeled:
         cb.on_message("pseudo-labels: no unlabelled images to label")
         return [], []
-    model, config = load_model(teacher_ref, device)
     teacher_classes = config.get("data", {}).get("classes") or []
     if len(teacher_classes) != info.num_classes:
         raise ConfigError(
