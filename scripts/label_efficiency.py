@@ -139,14 +139,16 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
     for r in results:
         groups.setdefault((r["arm"], r["fraction"]), []).append(r)
     lines = ["| arm | labelled | seeds | steps | val mIoU (val-selected) | val mIoU (final) "
-             "| gain over random (final) | minutes per run |", "|---|---|---|---|---|---|---|---|"]
+             "| gain over random (final, paired by seed) | minutes per run |",
+             "|---|---|---|---|---|---|---|---|"]
     for (arm, frac), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        base = groups.get(("random", frac))
+        base = {r["seed"]: r for r in groups.get(("random", frac), []) if "miou_final" in r}
+        paired = [(r["miou_final"] - base[r["seed"]]["miou_final"]) * 100
+                  for r in rs if r["seed"] in base and "miou_final" in r]
         gain = "-"
-        if base and arm != "random" and "miou_final" in rs[0]:
-            d = (statistics.fmean(r["miou_final"] for r in rs)
-                 - statistics.fmean(r["miou_final"] for r in base)) * 100
-            gain = f"{d:+.2f}"
+        if paired and arm != "random":  # same seeds = same labelled subsets and initialisation
+            gain = (_stats([d / 100 for d in paired]) if len(paired) > 1
+                    else f"{paired[0]:+.2f}") + f" ({len(paired)} seed{'s' * (len(paired) > 1)})"
         final = _stats([r["miou_final"] for r in rs]) if all("miou_final" in r for r in rs) else "-"
         lines.append(
             f"| {arm} | {frac:g} ({rs[0]['labeled_images']} img) | "
