@@ -28,6 +28,10 @@ Examples (2 CPU cores, reduced resolution; ``--preset gpu`` for one GPU):
     python scripts/label_efficiency.py ../shared/data/camvid --layout camvid --preset cpu \
         --fractions 0.125 --arms random,semi --seeds 0,1,2 --out results/label-efficiency
 
+    # cross-sequence second opinion: sequence 0001TP held out of training, used as val
+    python scripts/label_efficiency.py ../shared/data/camvid --layout camvid --preset cpu \
+        --arms random,semi --seeds 0 --holdout 0001TP --out results/label-efficiency
+
     # one GPU: one arm and seed per command (each fits a 10-minute slot)
     python scripts/label_efficiency.py ../shared/data/camvid --layout camvid --preset gpu \
         --arms semi --seeds 0 --tag gpu --out results/label-efficiency
@@ -213,6 +217,9 @@ def main() -> None:
     p.add_argument("--pretrain-extra", default="", help="more flags for segcl pretrain")
     p.add_argument("--finetune-extra", default="", help="more flags for segcl finetune")
     p.add_argument("--tag", default="", help="record the arms as 'ARM [TAG]' (tuning variants)")
+    p.add_argument("--holdout", default="", metavar="PREFIX",
+                   help="cross-sequence check: train without the training images named PREFIX* "
+                        "and validate on them (CamVid: 0001TP)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--report", action="store_true",
                    help="only regenerate results.md and the plot from results.json")
@@ -228,6 +235,9 @@ def main() -> None:
 
     a.out.mkdir(parents=True, exist_ok=True)
     results_path = a.out / "results.json"
+    if a.holdout:  # the held-out sequence becomes val; arms are recorded as "ARM [holdout P]"
+        a.data = str(holdout_dataset(Path(a.data), a.holdout, a.out / "runs"))
+        a.tag = " ".join(t for t in (a.tag, f"holdout {a.holdout}") if t)
     jobs = [(f, m, int(sd)) for f in (float(x) for x in a.fractions.split(","))
             for sd in a.seeds.split(",") for m in a.arms.split(",")]
     for frac, method, seed in jobs:
@@ -239,7 +249,7 @@ def main() -> None:
             print(f"skip {arm} @ {frac} seed {seed}: already measured "
                   f"({done[0]['miou'] * 100:.1f})")
             continue
-        name = f"{method}-{a.tag}" if a.tag else method
+        name = f"{method}-{a.tag.replace(' ', '-')}" if a.tag else method
         work = a.out / "runs" / f"{name}@{frac}" / f"seed{seed}"
         if work.exists():
             shutil.rmtree(work)
@@ -274,6 +284,31 @@ def main() -> None:
         print(f"{arm} @ {frac} seed {seed}: val mIoU {metrics['miou'] * 100:.2f} (final "
               f"{final['miou'] * 100:.2f}) in {minutes:.1f} min")
     print((a.out / "results.md").read_text() if (a.out / "results.md").exists() else "")
+
+
+def holdout_dataset(data: Path, prefix: str, out: Path) -> Path:
+    """A cross-sequence check: ``train`` without the images whose name starts with ``prefix``,
+    ``val`` = those images (e.g. CamVid's sequence 0001TP), as symlinks under ``out``.
+
+    The models of such a run never see the held-out sequence, labelled or not, so its val mIoU
+    measures generalisation to an unseen scene (the CamVid val split shares its sequence with
+    a third of the training images)."""
+    root = out / f"holdout-{prefix}"
+    for split in ("train", "val"):
+        for kind in ("images", "masks"):
+            (root / split / kind).mkdir(parents=True, exist_ok=True)
+    moved = 0
+    for image in sorted((data / "train" / "images").iterdir()):
+        split = "val" if image.name.startswith(prefix) else "train"
+        moved += split == "val"
+        mask = data / "train" / "masks" / f"{image.stem}.png"
+        for src, kind in ((image, "images"), (mask, "masks")):
+            link = root / split / kind / src.name
+            if not link.exists():
+                link.symlink_to(src.resolve())
+    if not moved:
+        raise SystemExit(f"--holdout {prefix}: no training image name starts with it")
+    return root
 
 
 def _key(r: dict[str, Any]) -> tuple[str, float, int]:
