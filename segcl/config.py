@@ -248,7 +248,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _pretrain_optim() -> OptimConfig:
-    # Zhao et al. (methods.md section 3): SGD lr 0.1, momentum 0.9, weight decay 4e-5, cosine.
+    # Zhao et al. (ICCV 2021) pre-train with SGD lr 0.1, momentum 0.9, weight decay 4e-5, cosine.
     return OptimConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=4e-5)
 
 

@@ -60,7 +60,7 @@ def ref_nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def ref_pixel(z: torch.Tensor, y: torch.Tensor, tau: float, ignore: int) -> torch.Tensor:
-    """Loop form of methods.md section 3; mean over valid anchors having a negative."""
+    """Loop form of Zhao et al.'s pixel contrast; mean over valid anchors having a negative."""
     z = z.double()
     valid = [i for i in range(len(y)) if int(y[i]) != ignore]
     terms = []
@@ -88,7 +88,8 @@ def ref_cross(
     mem: torch.Tensor | None = None,
     mem_y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Loop form of methods.md section 4 (positives exclude self; anchors without one skipped)."""
+    """Loop form of Wang et al.'s cross-image contrast (positives exclude self; anchors without
+    one skipped)."""
     z = z.double()
     keys = [(z[j], int(y[j]), j) for j in range(len(y))]
     if mem is not None and mem_y is not None:

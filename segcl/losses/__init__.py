@@ -1,4 +1,5 @@
-"""Contrastive losses (methods.md sections 1-4), one ``nn.Module`` per file.
+"""Contrastive losses, one ``nn.Module`` per file: SimCLR, multi-scale, and the pixel contrasts of
+Zhao et al. and Wang et al.
 
 Every loss module L2-normalises its inputs in float32 (heads return raw projections), so fp16 /
 bf16 activations never overflow ``exp(s / tau)``. Cross-GPU gathering is opt-in

@@ -1,4 +1,4 @@
-"""Linear-memory label-based pixel contrast: a custom autograd Function (methods.md section 3).
+"""Linear-memory label-based pixel contrast: a custom autograd Function (Zhao et al., ICCV 2021).
 
 For anchors ``q`` (``M x D``) and keys ``k`` (``N x D``), ``s_ij = q_i . k_j / tau``, positives
 ``P_i = {j: y_j = y_i}`` and negatives ``N_i = {j: y_j != y_i}`` among the keys::

@@ -1,7 +1,7 @@
 """Cross-image pixel contrast with hard anchor sampling and an optional memory bank.
 
 Wang et al., "Exploring Cross-Image Pixel Contrast for Semantic Segmentation", ICCV 2021
-(methods.md section 4). Used as an auxiliary loss: ``L = CE + lambda * L_contrast`` (lambda 0.1,
+(Wang et al., ICCV 2021). Used as an auxiliary loss: ``L = CE + lambda * L_contrast`` (lambda 0.1,
 0 during warm-up -- the training loop owns that schedule).
 
 Sampling, per image and class ``c`` on the embedding grid (labels and predictions sampled at the

@@ -1,7 +1,7 @@
 """Local (region) contrast of the multi-scale pre-training study.
 
 "Pre-Training Study on Image Segmentation based on Multi-Scale Contrast Learning" (NARI Group),
-local term ``L_l`` (methods.md section 2).
+its local term ``L_l``.
 
 The feature map of an image and of its colour-distorted copy (same geometry) is pooled to an
 ``S x S`` grid and projected, giving region embeddings ``q1, q2`` of shape ``(N, D, S, S)``. The

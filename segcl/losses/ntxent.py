@@ -104,7 +104,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1, gather: bool = Fal
 
 
 class NTXentLoss(nn.Module):
-    """Module form of :func:`nt_xent` (SimCLR global contrast, methods.md section 1).
+    """Module form of :func:`nt_xent` (SimCLR global contrast, Chen et al., ICML 2020).
 
     Inputs are the raw (unnormalised) projections ``z1, z2`` of shape ``(N, D)``; the loss
     normalises them. Default ``tau = 0.1``.

@@ -1,7 +1,7 @@
 """Label-based (supervised) pixel contrast.
 
 Zhao et al., "Contrastive Learning for Label-Efficient Semantic Segmentation", ICCV 2021
-(methods.md section 3).
+(Zhao et al., ICCV 2021).
 
 For unit-normalised pixel embeddings ``z`` (``N x D``) with labels ``y`` and ``s_ij = z_i . z_j /
 tau``, over the valid pixels ``V`` (``y != ignore_index``)::

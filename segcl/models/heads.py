@@ -1,4 +1,4 @@
-"""Projection heads of the contrastive methods (methods.md sections 1-4).
+"""Projection heads of the contrastive methods (SimCLR, multi-scale, Zhao et al., Wang et al.).
 
 One generic builder, :func:`projection_mlp`, stacks linear (or 1x1 conv) layers with optional
 BatchNorm and ReLU between them; each method's head is a few lines quoting its paper.
@@ -74,7 +74,7 @@ class GlobalHead(nn.Module):
 
 
 class LocalHead(nn.Module):
-    """Local head of the multi-scale study (methods.md section 2): pool the feature map to an
+    """Local head of the multi-scale contrast study: pool the feature map to an
     S x S grid (S = 4), then a 1x1 conv projection conv-ReLU-conv with 128 outputs.
     ``(N, C, H, W) -> (N, out_dim, S, S)``."""
 
@@ -94,7 +94,7 @@ class LocalHead(nn.Module):
 
 
 class PixelHead(nn.Module):
-    """Zhao et al. (ICCV 2021), methods.md section 3: three 1x1 convolutions with 256 channels,
+    """Zhao et al. (ICCV 2021): three 1x1 convolutions with 256 channels,
     ReLU after the first two, on the decoder's stride-4 features.
     ``(N, C, h, w) -> (N, dim, h, w)``."""
 
@@ -109,7 +109,7 @@ class PixelHead(nn.Module):
 
 
 class ContrastHead(nn.Module):
-    """Wang et al. (ICCV 2021), methods.md section 4: 1x1 conv - BN - ReLU - 1x1 conv (256),
+    """Wang et al. (ICCV 2021): 1x1 conv - BN - ReLU - 1x1 conv (256),
     parallel to the classifier. ``(N, C, h, w) -> (N, dim, h, w)``; ``hidden_dim`` defaults to
     ``in_ch``."""
 
