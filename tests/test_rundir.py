@@ -70,3 +70,18 @@ def test_cli_overwrite_and_refusal(synthetic_data: Path, tmp_path: Path) -> None
     run_cli(*args, "--overwrite", check=True)
     both = run_cli(*args, "--overwrite", "--resume")
     assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_a_torn_metrics_line_is_dropped(tmp_path: Path) -> None:
+    run = RunDir(tmp_path, resume=False)
+    run.metrics_path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')  # killed mid-write
+    with pytest.warns(UserWarning, match="torn line"):
+        assert [r["step"] for r in run.records()] == [1, 2]
+    with pytest.warns(UserWarning, match="torn line"):
+        run.truncate_metrics(5)
+    assert run.metrics_path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_resume_without_a_run_says_so(tmp_path: Path) -> None:
+    proc = run_cli("finetune", "--resume", "--out", str(tmp_path / "none"))
+    assert proc.returncode == 2 and "nothing to resume" in proc.stderr

@@ -113,6 +113,8 @@ def saved_config(cls: type[T], out: Path, resume: bool, overwrite: bool = False)
         raise ConfigError("--resume and --overwrite exclude each other")
     if overwrite and out.is_dir():
         clear_run(out)
-    if resume and (out / "config.yaml").is_file():
+    if resume:
+        if not (out / "config.yaml").is_file():
+            raise ConfigError(f"{out}: nothing to resume (no config.yaml of a run there)")
         return dataclasses.replace(load_yaml(cls, out / "config.yaml"), out=str(out))
     return None

@@ -6,11 +6,13 @@ import atexit
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 from segcl.engine.checkpoint import STATE_META, recover
 from segcl.errors import ConfigError
+from segcl.fileio import atomic_write_text
 
 #: what a run writes into its folder (a folder holding any of these holds a run)
 RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "confusion_val.png", "best", "last")
@@ -113,15 +115,26 @@ class RunDir:
             return
         raise ConfigError(f"{self.path}: cannot take the run directory's lock ({lock})")
 
+    def _lines(self) -> list[tuple[str, dict[str, Any]]]:
+        """The parsed records with their text; a torn line (a kill mid-write) is skipped."""
+        out = []
+        for line in self.metrics_path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                out.append((line, json.loads(line)))
+            except json.JSONDecodeError:
+                warnings.warn(f"{self.metrics_path}: dropped a torn line ({line[:40]!r})",
+                              stacklevel=2)
+        return out
+
     def truncate_metrics(self, step: int) -> None:
-        """Drop records logged after ``step`` (the run resumes from there and logs them again)."""
+        """Drop records logged after ``step`` (the run resumes from there and logs them again)
+        and any torn line."""
         if not self.write or not self.metrics_path.exists():
             return
-        kept = [
-            line for line in self.metrics_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line, record in self._lines() if record.get("step", 0) <= step]
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line."""
@@ -133,4 +146,4 @@ class RunDir:
         """All JSON-lines records logged so far."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
+        return [record for _, record in self._lines()]
