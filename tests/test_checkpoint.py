@@ -65,7 +65,7 @@ def test_interrupted_swap_is_recovered(tmp_path) -> None:
     # simulate a kill between "move old away" and "move new in"
     (tmp_path / "last").rename(tmp_path / "last.old")
     assert recover(tmp_path / "last").exists()
-    assert read_config(tmp_path / "last") == {"v": 1}
+    assert read_config(tmp_path / "last")["v"] == 1
 
 
 def test_wrong_checkpoint_errors(tmp_path) -> None:
@@ -78,3 +78,23 @@ def test_wrong_checkpoint_errors(tmp_path) -> None:
     big = create_model("test_resnet", "unet", 5)
     with pytest.raises(CheckpointError, match="do not fit this model"):
         load_state_into(small, big.state_dict(), "other.safetensors")
+
+
+def test_modified_or_non_finite_weights_are_refused(tmp_path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    from segcl.engine.checkpoint import WEIGHTS_SHA256, file_sha256, read_weights, save_checkpoint
+    from segcl.errors import CheckpointError
+
+    folder = save_checkpoint(tmp_path / "ck", {"w": torch.ones(3)}, {"model": {}})
+    recorded = json.loads((folder / "config.json").read_text())[WEIGHTS_SHA256]
+    assert recorded == file_sha256(folder / "model.safetensors")
+    assert torch.equal(read_weights(folder)["w"], torch.ones(3))
+    save_file({"w": torch.zeros(3)}, str(folder / "model.safetensors"))  # tampered
+    with pytest.raises(CheckpointError, match="SHA-256 does not match"):
+        read_weights(folder)
+    nan = save_checkpoint(tmp_path / "nan", {"w": torch.tensor([1.0, float("nan")])}, {})
+    with pytest.raises(CheckpointError, match="tensor w holds NaN or Inf"):
+        read_weights(nan)

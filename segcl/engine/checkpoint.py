@@ -8,6 +8,7 @@ Optimiser state for ``--resume`` is stored as ``training_state.safetensors`` (te
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from segcl.hub.card import render_model_card
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
+WEIGHTS_SHA256 = "weights_sha256"  # config.json key: SHA-256 of model.safetensors
 STATE_TENSORS = "training_state.safetensors"
 STATE_META = "training_state.json"
 
@@ -88,6 +90,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+    config = {**config, WEIGHTS_SHA256: file_sha256(tmp / WEIGHTS)}
     (tmp / CONFIG).write_text(json.dumps(config, indent=2, default=_json_default) + "\n")
     (tmp / CARD).write_text(render_model_card(config))
     if training_state is not None:
@@ -119,15 +122,44 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: invalid JSON ({err})") from err
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
-    """Read ``model.safetensors`` of a checkpoint folder (no code is executed)."""
+    """Read ``model.safetensors`` of a checkpoint folder (no code is executed).
+
+    When ``config.json`` records the file's SHA-256 (every checkpoint segcl writes does), a
+    file that does not match it (tampered, bit-rotted, half-copied) is refused; so are weights
+    holding NaN or Inf.
+    """
     path = Path(folder) / WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{folder}: not a segcl checkpoint (missing {WEIGHTS})")
+    config_path = Path(folder) / CONFIG
+    expected = None
+    if config_path.is_file():
+        try:
+            expected = json.loads(config_path.read_text()).get(WEIGHTS_SHA256)
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            expected = None  # read_config reports a bad config.json where it matters
+    if expected is not None and file_sha256(path) != expected:
+        raise CheckpointError(f"{path}: SHA-256 does not match the one recorded in {CONFIG} "
+                              "(the file was modified or corrupted)")
     try:
-        return load_file(str(path))
+        weights = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: unreadable safetensors file ({err})") from err
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: tensor {bad[0]} holds NaN or Inf"
+                              + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+    return weights
 
 
 def read_training_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
