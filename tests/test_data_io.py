@@ -25,3 +25,19 @@ def test_truncated_jpeg_is_refused_and_whole_one_read(tmp_path) -> None:
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(DataError, match="unreadable image"):
         read_image(tmp_path / "empty.png")
+
+
+def test_find_images_keeps_dangling_links_so_they_are_reported(tmp_path) -> None:
+    import os
+
+    from segcl.data import find_images, read_image
+    from segcl.errors import DataError
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    os.symlink(tmp_path / "gone.png", tmp_path / "b.png")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "c.png").write_bytes(b"x")
+    found = find_images([tmp_path])
+    assert [str(rel) for _, rel in found] == ["a", "b"]
+    with pytest.raises(DataError, match=r"b\.png"):
+        read_image(found[1][0])

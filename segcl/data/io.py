@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -123,10 +124,31 @@ def write_mask(
     atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
 
 
+def _folder_images(root: Path) -> list[Path]:
+    """Image files below ``root`` (hidden ones skipped), sorted. Dangling symlinks with an image
+    extension and sub-folders that cannot be listed are returned too, so that the caller's
+    reader reports them as unreadable instead of skipping them silently."""
+    out: list[Path] = []
+
+    def unreadable(err: OSError) -> None:
+        if err.filename:
+            out.append(Path(err.filename))
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            f = Path(folder) / name
+            if not name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS:
+                out.append(f)  # a dangling link stays in: reading it reports it
+    return sorted(out)
+
+
 def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
     """Collect the images named by files and folders, for prediction.
 
-    Folders are searched recursively (hidden files and folders skipped), in sorted order.
+    Folders are searched recursively (hidden files and folders skipped), in sorted order; a
+    dangling symlink or a sub-folder that cannot be listed is returned like an image, so that
+    reading it reports the problem (``predict`` then exits with status 1).
 
     Returns:
         ``(file, output)`` pairs: ``output`` is the path to write results to, relative and
@@ -142,15 +164,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
         if p.is_file():
             found.append((p, Path(p.stem)))
         elif p.is_dir():
-            files = (
-                f
-                for f in p.rglob("*")
-                if f.suffix.lower() in IMAGE_EXTENSIONS
-                and f.is_file()
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-            for f in sorted(files):
-                found.append((f, f.relative_to(p).with_suffix("")))
+            found += [(f, f.relative_to(p).with_suffix("")) for f in _folder_images(p)]
         else:
             raise DataError(f"{p}: no such file or folder")
     if not found:
