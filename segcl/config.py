@@ -361,5 +361,10 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     try:
         d = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read config ({err})") from err
-    return from_dict(cls, d)
+        raise ConfigError(f"{path}: cannot read config ({' '.join(str(err).split())})") from err
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(d).__name__}")
+    try:
+        return from_dict(cls, d)
+    except (ConfigError, TypeError) as err:
+        raise ConfigError(f"{path}: {err}") from err

@@ -86,3 +86,39 @@ def test_usage_errors_are_one_line(tmp_path) -> None:
         assert proc.returncode == 2, args
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+
+
+def test_config_files_name_the_file_and_key(tmp_path) -> None:
+    from segcl.config import load_yaml
+
+    bad = tmp_path / "config.yaml"
+    bad.write_text("batch_size: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml: cannot read config"):
+        load_yaml(FinetuneConfig, bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_yaml(FinetuneConfig, bad)
+    bad.write_text("batch_size: '8'\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml: --batch-size must be a number"):
+        load_yaml(FinetuneConfig, bad)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.pop("data"), "no 'data' section"),
+    (lambda c: c["data"].update(image_size=[0, 0]), r"'data\.image_size' must be"),
+    (lambda c: c["model"].update(num_classes="4"), r"'model\.num_classes' must be an integer"),
+])
+def test_checkpoint_configs_are_checked(tiny_run, tmp_path, edit, message) -> None:
+    import json
+    import shutil
+
+    from segcl.engine.checkpoint import load_model
+    from segcl.errors import CheckpointError
+
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny_run / "best", folder)
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        load_model(folder)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from segcl.errors import CheckpointError
+from segcl.errors import CheckpointError, ConfigError
 from segcl.hub.card import render_model_card
 
 WEIGHTS = "model.safetensors"
@@ -117,9 +118,12 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{folder}: not a segcl checkpoint (missing {CONFIG})")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: invalid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 def file_sha256(path: str | Path) -> str:
@@ -235,6 +239,47 @@ def checkpoint_config(
     }
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+#: what the inference path reads from a checkpoint's config.json: (section, key) -> (check, text)
+CONFIG_SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
+    ("model", "encoder"): (lambda v: isinstance(v, str) and v, "a timm model name"),
+    ("model", "decoder"): (lambda v: isinstance(v, str) and v, "a decoder name"),
+    ("model", "num_classes"): (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("data", "classes"): (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+                          "a list of class names"),
+    ("data", "ignore_index"): (_is_int, "an integer"),
+    ("data", "image_size"): (lambda v: isinstance(v, list) and len(v) == 2
+                             and all(_is_int(x) and x > 0 for x in v),
+                             "[height, width] with positive integers"),
+    ("data", "mean"): (lambda v: isinstance(v, list) and v and all(map(_is_number, v)),
+                       "a list of numbers"),
+    ("data", "std"): (lambda v: isinstance(v, list) and v and all(_is_number(x) and x > 0
+                                                                    for x in v),
+                      "a list of positive numbers"),
+}
+
+
+def check_model_config(config: dict[str, Any], path: str | Path) -> None:
+    """Check the keys the inference path reads (:data:`CONFIG_SCHEMA`); a CheckpointError names
+    the file, the key and the expected type."""
+    for (section, key), (ok, text) in CONFIG_SCHEMA.items():
+        part = config.get(section)
+        if not isinstance(part, dict):
+            raise CheckpointError(f"{path}: no '{section}' section; not a segcl checkpoint")
+        if key not in part:
+            raise CheckpointError(f"{path}: '{section}.{key}' is missing (expected {text})")
+        if not ok(part[key]):
+            raise CheckpointError(f"{path}: '{section}.{key}' must be {text}, got "
+                                  f"{part[key]!r}")
+
+
 def load_model(
     ref: str | Path, device: str | torch.device = "cpu", revision: str | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -248,9 +293,11 @@ def load_model(
 
     folder = resolve_model_ref(ref, revision=revision)
     config = read_config(folder)
-    if "model" not in config:
-        raise CheckpointError(f"{folder / CONFIG}: no 'model' section; not a segcl checkpoint")
-    model = SegmentationModel.from_dict(config["model"])
+    check_model_config(config, folder / CONFIG)
+    try:
+        model = SegmentationModel.from_dict(config["model"])
+    except ConfigError as err:
+        raise CheckpointError(f"{folder / CONFIG}: {err}") from err
     weights = {k: v for k, v in read_weights(folder).items() if not k.startswith("heads.")}
     load_state_into(model, weights, str(folder / WEIGHTS))
     return model.to(device).eval(), config
