@@ -41,3 +41,37 @@ def test_find_images_keeps_dangling_links_so_they_are_reported(tmp_path) -> None
     assert [str(rel) for _, rel in found] == ["a", "b"]
     with pytest.raises(DataError, match=r"b\.png"):
         read_image(found[1][0])
+
+
+def test_exif_orientation_is_ignored_like_the_masks(tmp_path) -> None:
+    from PIL import Image
+
+    from segcl.data import read_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees to display"
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(tmp_path / "r.jpg", exif=exif.tobytes())
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(tmp_path / "n.jpg")
+    rotated, plain = read_image(tmp_path / "r.jpg"), read_image(tmp_path / "n.jpg")
+    assert rotated.shape == plain.shape == (20, 40, 3)
+
+
+@pytest.mark.parametrize("side", [100_000, 20_000])
+def test_a_forged_huge_header_is_refused_before_decoding(tmp_path, monkeypatch, side) -> None:
+    import struct
+    import zlib
+
+    from segcl.data import read_image
+    from segcl.errors import DataError
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
+           + chunk(b"IEND", b""))
+    (tmp_path / "big.png").write_bytes(png)
+    monkeypatch.setenv("SEGCL_MAX_IMAGE_PIXELS", str(10_000 * 10_000))
+    with pytest.raises(DataError, match=r"big\.png: .*more than the limit"):
+        read_image(tmp_path / "big.png")

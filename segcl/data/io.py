@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,9 +28,10 @@ _INDEX_MODES = ("P", "L", "1", "I", "I;16", "I;16L", "I;16B", "I;16N")
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as an ``HxWx3`` uint8 RGB array.
 
-    Grayscale and 16-bit files are converted to 8-bit RGB by OpenCV. Raises :class:`DataError`
-    naming the file when it is missing, cannot be decoded, or is a truncated JPEG (which
-    OpenCV would silently decode with its missing part grey).
+    Grayscale and 16-bit files are converted to 8-bit RGB by OpenCV. EXIF orientation is
+    ignored (pixels as stored, like masks). Raises :class:`DataError` naming the file when it is
+    missing, cannot be decoded, is a truncated JPEG (which OpenCV would silently decode with its
+    missing part grey), or announces more than :func:`max_image_pixels` pixels.
     """
     path = Path(path)
     try:
@@ -39,10 +42,44 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read image ({err.strerror})") from None
     if data[:2].tobytes() == _JPEG_SOI and _JPEG_EOI not in data[-1024:].tobytes():
         raise DataError(f"{path}: truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    _check_pixels(path, data)
+    # EXIF orientation is ignored: the pixels are used as stored, like the mask's (which PIL
+    # never rotates), so an image and its mask always line up
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
         raise DataError(f"{path}: unreadable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) segcl decodes: ``SEGCL_MAX_IMAGE_PIXELS``, default
+    2**28 (16384 x 16384)."""
+    try:
+        return int(os.environ.get("SEGCL_MAX_IMAGE_PIXELS", 1 << 28))
+    except ValueError:
+        return 1 << 28
+
+
+def _check_pixels(path: Path, data: np.ndarray) -> None:
+    """Refuse an image whose header announces more than :func:`max_image_pixels` pixels, before
+    any decoder allocates them (a forged header must not abort a whole run)."""
+    limit = max_image_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data.tobytes())) as im:  # reads the header only
+                w, h = im.size
+    except Image.DecompressionBombError:
+        size = "its header announces a size that"
+    except Exception:  # a format PIL does not know: OpenCV decides
+        return
+    else:
+        if w * h <= limit:
+            return
+        size = f"{w}x{h} pixels"
+    raise DataError(f"{path}: {size} is more than the limit of {limit} pixels "
+                    "(set SEGCL_MAX_IMAGE_PIXELS to raise it)")
 
 
 # JPEG start/end-of-image markers; 0xFF is byte-stuffed inside entropy-coded data, so an EOI
