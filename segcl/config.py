@@ -73,6 +73,26 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def parse_every(spec: str | None) -> tuple[int | None, float | None]:
+    """``"500"`` -> (500, None); ``"90s"`` -> (None, 90.0); ``None`` -> (None, None)."""
+    if spec is None:
+        return None, None
+    text = str(spec).strip().lower()
+    try:
+        if text.endswith("s"):
+            seconds = float(text[:-1])
+            if seconds > 0 and math.isfinite(seconds):
+                return None, seconds
+        else:
+            steps = int(text)
+            if steps > 0:
+                return steps, None
+    except ValueError:
+        pass
+    raise ConfigError(f"--checkpoint-every must be a number of steps (500) or of seconds (90s), "
+                      f"got {spec!r}")
+
+
 def check_fields(cfg: Any) -> None:
     """Check ``cfg``'s numeric fields against :data:`CHECKS` (ConfigError naming the option)."""
     cls = type(cfg).__name__
@@ -226,10 +246,12 @@ class FinetuneConfig:
     device: str = "auto"
     seed: int = 0
     log_every: int = 10
+    checkpoint_every: str | None = None
     command: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
+        parse_every(self.checkpoint_every)
         if self.init_parts != "auto" and not self.init:
             raise ConfigError("--init-parts needs --init (the checkpoint to take the parts from)")
 
@@ -312,10 +334,12 @@ class PretrainConfig:
     seed: int = 0
     log_every: int = 10
     save_every_s: float = 300.0
+    checkpoint_every: str | None = None
     command: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
+        parse_every(self.checkpoint_every)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -18,11 +18,17 @@ from segcl.engine.checkpoint import read_weights
 from tests.conftest import REPO, run_cli
 
 
-def _args(data: Path, out: Path, workers: int) -> list[str]:
-    return ["finetune", str(data), "--encoder", "test_resnet", "--image-size", "48x64",
-            "--labeled-count", "8", "--steps", "12", "--batch-size", "2", "--workers",
-            str(workers), "--val-every", "1", "--brightness", "0.3", "--seed", "5",
-            "--out", str(out), "--quiet"]
+def _args(kind: str, data: Path, out: Path, workers: int) -> list[str]:
+    common = ["--encoder", "test_resnet", "--image-size", "48x64", "--steps", "12",
+              "--batch-size", "2", "--workers", str(workers), "--seed", "5", "--out", str(out),
+              "--quiet"]
+    if kind == "finetune":  # a checkpoint at every epoch end (4 steps)
+        return ["finetune", str(data), "--labeled-count", "8", "--val-every", "1",
+                "--brightness", "0.3", *common]
+    if kind == "finetune-mid-epoch":  # 6-step epochs, no epoch-end checkpoint: mid-epoch only
+        return ["finetune", str(data), "--labeled-count", "12", "--val-every", "100",
+                "--checkpoint-every", "1", *common]
+    return ["pretrain", str(data), "--method", "simclr", "--checkpoint-every", "1", *common]
 
 
 def _last_step(out: Path) -> int:
@@ -35,16 +41,17 @@ def _last_step(out: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 2])
-def test_kill_9_then_resume_is_bit_exact(synthetic_data: Path, tmp_path: Path,
+@pytest.mark.parametrize("kind, workers", [("finetune", 0), ("finetune", 2),
+                                           ("finetune-mid-epoch", 2), ("pretrain", 2)])
+def test_kill_9_then_resume_is_bit_exact(synthetic_data: Path, tmp_path: Path, kind: str,
                                          workers: int) -> None:
     full, killed = tmp_path / "full", tmp_path / "killed"
-    run_cli(*_args(synthetic_data, full, workers), check=True)
+    run_cli(*_args(kind, synthetic_data, full, workers), check=True)
 
-    kill_at = random.Random(workers).randint(3, 9)
+    kill_at = random.Random(f"{kind}{workers}").randint(3, 9)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "segcl", *_args(synthetic_data, killed,
-                                                                    workers)],
+    proc = subprocess.Popen([sys.executable, "-m", "segcl", *_args(kind, synthetic_data,
+                                                                    killed, workers)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 300
@@ -54,7 +61,7 @@ def test_kill_9_then_resume_is_bit_exact(synthetic_data: Path, tmp_path: Path,
     proc.wait()
     assert _last_step(killed) < 12, "the run finished before it could be killed"
 
-    run_cli("finetune", "--resume", "--out", str(killed), "--quiet", check=True)
+    run_cli(kind.split("-")[0], "--resume", "--out", str(killed), "--quiet", check=True)
     a, b = read_weights(full / "last"), read_weights(killed / "last")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)

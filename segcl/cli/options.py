@@ -72,6 +72,9 @@ EncoderWeights = Annotated[str | None, typer.Option(
 Unlabeled = Annotated[Path | None, typer.Option(help="Extra folder of unlabelled images.")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint "
                                            "(its saved config.yaml is used).")]
+CheckpointEvery = Annotated[str | None, typer.Option(
+    help="Also save the resumable last/ checkpoint every N steps (500) or seconds (90s), "
+         "mid-epoch.")]
 Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="Clear the run files already in --out and start again.")]
 

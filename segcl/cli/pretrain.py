@@ -99,6 +99,7 @@ def register(app: typer.Typer) -> None:
         amp: o.Amp = True,
         resume: o.Resume = False,
         overwrite: o.Overwrite = False,
+        checkpoint_every: o.CheckpointEvery = None,
         quiet: o.Quiet = False,
     ) -> None:
         """Contrastive pre-training of an encoder (and decoder) for later fine-tuning."""
@@ -110,6 +111,7 @@ def register(app: typer.Typer) -> None:
             cfg = replace(cfg, steps=steps)
         if cfg is None:
             cfg = PretrainConfig(
+                checkpoint_every=checkpoint_every,
                 data=o.data_config(data, layout, image_size, labeled_fraction, labeled_count,
                                    classes, ignore_index, workers, unlabeled),
                 optim=OptimConfig(name=optimizer, lr=lr, weight_decay=weight_decay,

@@ -102,6 +102,7 @@ def register(app: typer.Typer) -> None:
         amp: o.Amp = True,
         resume: o.Resume = False,
         overwrite: o.Overwrite = False,
+        checkpoint_every: o.CheckpointEvery = None,
         quiet: o.Quiet = False,
     ) -> None:
         """Train a segmentation model with cross-entropy on (a labelled subset of) a dataset."""
@@ -112,6 +113,7 @@ def register(app: typer.Typer) -> None:
         cfg = o.saved_config(FinetuneConfig, out, resume, overwrite)
         if cfg is None:
             cfg = FinetuneConfig(
+                checkpoint_every=checkpoint_every,
                 data=o.data_config(data, layout, image_size, labeled_fraction, labeled_count,
                                    classes, ignore_index, workers, unlabeled),
                 optim=OptimConfig(name=optimizer, lr=lr, weight_decay=weight_decay,

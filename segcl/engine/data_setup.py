@@ -96,10 +96,12 @@ class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
 
     def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select ``epoch``'s order, without its first ``skip`` items (a run resumed
+        mid-epoch)."""
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -107,7 +109,8 @@ class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        return iter([(self.epoch, i) for i in order[self.rank :: self.world][: len(self)]])
+        share = order[self.rank :: self.world][: len(self)]
+        return iter([(self.epoch, i) for i in share[self.skip :]])
 
     def __len__(self) -> int:
         return self.n // self.world

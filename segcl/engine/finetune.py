@@ -281,8 +281,9 @@ def _finetune(
     model.train()
     last_save = time.monotonic()
     best_metrics: dict[str, Any] | None = None
+    every = train_state.CheckpointEvery(cfg.checkpoint_every)
     while st.step < total_steps:
-        sampler.set_epoch(st.epoch)
+        sampler.set_epoch(st.epoch, skip=st.epoch_step * batch_size)
         t0, seen = time.perf_counter(), 0
         for batch in loader:
             batch = to_device(batch, device, channels_last)
@@ -301,6 +302,7 @@ def _finetune(
             scaler.step(optimizer)
             scaler.update()
             st.step += 1
+            st.epoch_step += 1
             seen += batch["image"].shape[0] * ctx.world
             if st.step % cfg.log_every == 0 or st.step == total_steps:
                 values = distributed.mean_over_ranks({"loss": loss, **logs}, ctx)
@@ -312,7 +314,10 @@ def _finetune(
                 cb.on_step(st.step, record)
             if st.step >= total_steps:
                 break
+            if ctx.is_main and every.due(st.step) and st.epoch_step < len(loader):
+                save(run.last, None, with_state=True)  # mid-epoch: --checkpoint-every
         st.epoch += 1
+        st.epoch_step = 0
         evaluate_now = st.epoch % cfg.val_every == 0 or st.step >= total_steps
         if evaluate_now:
             metrics = validate()

@@ -305,8 +305,9 @@ def _pretrain(
                  "dropped_losses": data.dropped})
     model.train()
     last_save, start_step = time.monotonic(), st.step
+    every = train_state.CheckpointEvery(cfg.checkpoint_every)
     while st.step < total_steps:
-        sampler.set_epoch(st.epoch)
+        sampler.set_epoch(st.epoch, skip=st.epoch_step * batch_size)
         t0, seen = time.perf_counter(), 0
         for batch in loader:
             batch = to_device(batch, device, channels_last)
@@ -323,6 +324,7 @@ def _pretrain(
             scaler.step(optimizer)
             scaler.update()
             st.step += 1
+            st.epoch_step += 1
             seen += batch_size * ctx.world  # (the loader drops incomplete batches)
             if st.step % cfg.log_every == 0 or st.step == total_steps:
                 values = distributed.mean_over_ranks({"loss": loss, **losses}, ctx)
@@ -339,7 +341,10 @@ def _pretrain(
                 cb.on_step(st.step, record)
             if st.step >= total_steps:
                 break
+            if ctx.is_main and every.due(st.step) and st.epoch_step < len(loader):
+                save(run.last, with_state=True)  # mid-epoch: --checkpoint-every
         st.epoch += 1
+        st.epoch_step = 0
         if ctx.is_main and time.monotonic() - last_save > cfg.save_every_s \
                 and st.step < total_steps:
             save(run.last, with_state=True)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from segcl.config import parse_every
 from segcl.engine.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 
 
 @dataclass
 class TrainState:
-    """Counters of a run. ``epoch`` counts completed epochs; ``best_metric`` is the val mIoU."""
+    """Counters of a run. ``epoch`` counts completed epochs, ``epoch_step`` the steps done in
+    the current one (a checkpoint saved mid-epoch resumes there); ``best_metric`` is the val
+    mIoU."""
 
     step: int = 0
     epoch: int = 0
+    epoch_step: int = 0
     best_metric: float = -1.0
     best_step: int = -1
 
@@ -46,3 +51,20 @@ def unpack(
     if scaler is not None and "scaler" in meta:
         scaler.load_state_dict(meta["scaler"])
     return TrainState(**meta["state"])
+
+
+class CheckpointEvery:
+    """When to write the resumable ``last/`` checkpoint during an epoch: ``--checkpoint-every N``
+    (every N steps) or ``Ns`` (at the first step after N seconds); ``None``: never mid-epoch."""
+
+    def __init__(self, spec: str | None):
+        self.steps, self.seconds = parse_every(spec)
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        """Whether to save after ``step`` (and, if so, restart the clock)."""
+        hit = bool(self.steps and step % self.steps == 0) or bool(
+            self.seconds and time.monotonic() - self.last >= self.seconds)
+        if hit:
+            self.last = time.monotonic()
+        return hit
