@@ -26,6 +26,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"{out}: is a directory, expected a file path")
+    blocker = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"{blocker}: is a file, expected a folder (for {out})")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -49,3 +49,30 @@ def test_bad_targets_give_one_clean_error(tmp_path: Path) -> None:
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o700)
+
+
+def test_output_paths_that_cannot_be_written(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="file: is a file, expected a folder"):
+        atomic_write_text(tmp_path / "file" / "sub" / "out.json", "{}")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_failing_command_exits_with_data_loader_workers_alive(tiny_run, synthetic_data,
+                                                                 tmp_path: Path) -> None:
+    """An error raised while persistent DataLoader workers are alive must end the process
+    (it used to hang at exit), with one Error line and nothing written."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / "dir").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SEGCL_DEBUG", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "segcl", "evaluate", str(tiny_run), str(synthetic_data),
+         "--json", str(tmp_path / "dir"), "--workers", "2", "--quiet"],
+        capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 2 and proc.stderr.startswith("Error: ")
+    assert "is a directory" in proc.stderr and list((tmp_path / "dir").iterdir()) == []

@@ -6,9 +6,11 @@ errors) become one ``Error:`` line and exit status 2; set ``SEGCL_DEBUG=1`` to s
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
+from typing import Any
 
 import typer
 
@@ -68,20 +70,23 @@ def _is_usage_error(err: BaseException) -> bool:
 
 
 def main() -> None:
-    """Entry point of the ``segcl`` console script."""
+    """Entry point of the ``segcl`` console script.
+
+    The exit happens outside the ``except`` blocks: a traceback kept alive during interpreter
+    shutdown would keep the data loaders it references (and their persistent worker
+    processes) alive too, and the process would hang instead of exiting.
+    """
+    code: Any = 0
     try:
         code = app(standalone_mode=False)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         typer.secho("Interrupted.", err=True)
-        sys.exit(130)
+        code = 130
     except SegclError as err:
         if os.environ.get("SEGCL_DEBUG"):
             raise
         typer.secho(f"Error: {one_line(err)}", err=True, fg=typer.colors.RED)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.secho("Interrupted.", err=True)
-        sys.exit(130)
+        code = 2
     except Exception as err:
         if not _is_usage_error(err) or os.environ.get("SEGCL_DEBUG"):
             raise
@@ -91,6 +96,7 @@ def main() -> None:
         else:  # a malformed flag value, an unknown option
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             typer.secho(f"Error: {err.format_message()}{hint}", err=True, fg=typer.colors.RED)
-        sys.exit(2)
-    if isinstance(code, int) and code:  # typer.Exit(code) from a command
+        code = 2
+    gc.collect()  # free the failed command's loaders (and their workers) before exiting
+    if isinstance(code, int) and code:  # also typer.Exit(code) from a command
         sys.exit(code)
