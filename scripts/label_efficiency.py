@@ -136,6 +136,11 @@ def _stats(values: list[float]) -> str:
     return f"{m:.2f} ± {sd:.2f}"
 
 
+def _minutes(rs: list[dict[str, Any]]) -> str:
+    known = [r["minutes"] for r in rs if r.get("minutes") is not None]
+    return f"{statistics.fmean(known):.1f}" if known else "-"
+
+
 def write_reports(results: list[dict[str, Any]], out: Path) -> None:
     """results.md (mean ± std over seeds, val-selected and final checkpoint, gain over random
     init, per-class IoU with the thin classes) and miou_vs_labels.png (error bars = std)."""
@@ -158,7 +163,7 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
             f"| {arm} | {frac:g} ({rs[0]['labeled_images']} img) | "
             f"{','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
             f"{rs[0]['budget_steps']} | {_stats([r['miou'] for r in rs])} | {final} | {gain} | "
-            f"{statistics.fmean(r['minutes'] for r in rs):.1f} |")
+            f"{_minutes(rs)} |")
     lines += ["", "Per-class IoU (final checkpoint, mean over seeds); the thin classes are "
               "marked with *.", ""]
     classes = next((r["classes"] for r in results if r.get("classes")), None)
