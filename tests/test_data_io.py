@@ -75,3 +75,19 @@ def test_a_forged_huge_header_is_refused_before_decoding(tmp_path, monkeypatch, 
     monkeypatch.setenv("SEGCL_MAX_IMAGE_PIXELS", str(10_000 * 10_000))
     with pytest.raises(DataError, match=r"big\.png: .*more than the limit"):
         read_image(tmp_path / "big.png")
+
+
+def test_opencv_assertions_become_data_errors(tmp_path, monkeypatch) -> None:
+    import cv2
+
+    from segcl.data import io as segcl_io
+    from segcl.errors import DataError
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
+
+    def refuse(*_):
+        raise cv2.error("OpenCV: (-215:Assertion failed) pixels <= CV_IO_MAX_IMAGE_PIXELS")
+
+    monkeypatch.setattr(segcl_io.cv2, "imdecode", refuse)
+    with pytest.raises(DataError, match=r"a\.png: unreadable image \(.*CV_IO_MAX_IMAGE_PIXELS"):
+        segcl_io.read_image(tmp_path / "a.png")

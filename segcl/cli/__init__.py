@@ -97,6 +97,6 @@ def main() -> None:
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             typer.secho(f"Error: {err.format_message()}{hint}", err=True, fg=typer.colors.RED)
         code = 2
-    gc.collect()  # free the failed command's loaders (and their workers) before exiting
     if isinstance(code, int) and code:  # also typer.Exit(code) from a command
+        gc.collect()  # free a failed command's loaders (and their workers) before exiting
         sys.exit(code)

@@ -46,7 +46,11 @@ def read_image(path: str | Path) -> np.ndarray:
     # EXIF orientation is ignored: the pixels are used as stored, like the mask's (which PIL
     # never rotates), so an image and its mask always line up
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    image = cv2.imdecode(data, flags) if data.size else None
+    try:
+        image = cv2.imdecode(data, flags) if data.size else None
+    except cv2.error as err:  # OpenCV's own checks (its size limit, ...) raise assertions
+        raise DataError(f"{path}: unreadable image ({str(err).strip().splitlines()[-1]})") \
+            from None
     if image is None:
         raise DataError(f"{path}: unreadable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -84,6 +84,13 @@ def normalization(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return mean, std
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled order of ``n`` items in ``epoch``: a permutation seeded by ``(seed, epoch)``
+    alone, so any process, worker or resumed run computes the same one."""
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
 class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
     """Shuffles with a generator seeded by ``(seed, epoch)``: reproducible and resumable.
 
@@ -104,11 +111,8 @@ class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
+        order = (epoch_order(self.n, self.seed, self.epoch) if self.shuffle
+                 else list(range(self.n)))
         share = order[self.rank :: self.world][: len(self)]
         return iter([(self.epoch, i) for i in share[self.skip :]])
 
@@ -133,10 +137,6 @@ class StreamSampler(torch.utils.data.Sampler[tuple[int, int]]):
         self.n, self.batch, self.seed = n, batch, seed
         self.start_step, self.rank, self.world = start_step, rank, world
 
-    def _order(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + epoch + 7919)
-        return torch.randperm(self.n, generator=g).tolist()
-
     def __iter__(self) -> Iterator[tuple[int, int]]:
         step, cached = self.start_step, (-1, [])
         while True:
@@ -144,7 +144,8 @@ class StreamSampler(torch.utils.data.Sampler[tuple[int, int]]):
             for p in range(first, first + self.batch):
                 epoch = p // self.n
                 if cached[0] != epoch:
-                    cached = (epoch, self._order(epoch))
+                    # (offset: not the labelled stream's order when both have n images)
+                    cached = (epoch, epoch_order(self.n, self.seed, epoch + 7919))
                 yield epoch, cached[1][p % self.n]
             step += 1
 

@@ -44,10 +44,14 @@ class PseudoLabels:
         return PseudoLabels(*(torch.where(box, t.roll(1, 0), t)
                               for t in (self.label, self.confidence, self.valid)))
 
+    def kept(self, threshold: float) -> Tensor:
+        """Where a pseudo-label counts: confident (``q >= threshold``) and valid."""
+        return (self.confidence >= threshold) & self.valid
+
     def masked(self, threshold: float, ignore_index: int) -> Tensor:
         """Pseudo-labels with ``ignore_index`` where not confident or not valid."""
-        keep = (self.confidence >= threshold) & self.valid
-        return torch.where(keep, self.label, torch.full_like(self.label, ignore_index))
+        return torch.where(self.kept(threshold), self.label,
+                           torch.full_like(self.label, ignore_index))
 
 
 def pseudo_labels(logits: Tensor, valid: Tensor) -> PseudoLabels:
@@ -60,8 +64,7 @@ def pseudo_labels(logits: Tensor, valid: Tensor) -> PseudoLabels:
 def consistency_loss(logits: Tensor, target: PseudoLabels, threshold: float) -> Tensor:
     """``l(z)`` above: confidence-masked cross-entropy averaged over the valid pixels."""
     ce = F.cross_entropy(logits.float(), target.label, reduction="none")
-    keep = (target.confidence >= threshold) & target.valid
-    return (ce * keep).sum() / target.valid.sum().clamp(min=1)
+    return (ce * target.kept(threshold)).sum() / target.valid.sum().clamp(min=1)
 
 
 def mix_views(strong: Tensor, box: Tensor) -> Tensor:
@@ -114,7 +117,7 @@ def unlabeled_loss(
         for k, z in zip(views, logits_strong, strict=True)
     ]).mean()
     logs = {"loss_u_strong": loss_s.detach(),
-            "confident": ((target.confidence >= cfg.threshold) & target.valid).float().sum()
+            "confident": target.kept(cfg.threshold).float().sum()
             / target.valid.sum().clamp(min=1)}
     loss = loss_s
     if cfg.feature_perturbation:
