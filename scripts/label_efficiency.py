@@ -144,14 +144,15 @@ def _minutes(rs: list[dict[str, Any]]) -> str:
 def write_reports(results: list[dict[str, Any]], out: Path) -> None:
     """results.md (mean ± std over seeds, val-selected and final checkpoint, gain over random
     init, per-class IoU with the thin classes) and miou_vs_labels.png (error bars = std)."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for r in results:
-        groups.setdefault((r["arm"], r["fraction"]), []).append(r)
+    groups: dict[tuple[str, float, int], list[dict[str, Any]]] = {}
+    for r in results:  # one row per arm, fraction and schedule
+        groups.setdefault((r["arm"], r["fraction"], r["budget_steps"]), []).append(r)
     lines = ["| arm | labelled | seeds | steps | val mIoU (val-selected) | val mIoU (final) "
              "| gain over random (final, paired by seed) | minutes per run |",
              "|---|---|---|---|---|---|---|---|"]
-    for (arm, frac), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        base = {r["seed"]: r for r in groups.get(("random", frac), []) if "miou_final" in r}
+    for (arm, frac, steps), rs in sorted(groups.items(), key=_row_order):
+        base = {r["seed"]: r for r in groups.get(("random", frac, steps), [])
+                if "miou_final" in r}
         paired = [(r["miou_final"] - base[r["seed"]]["miou_final"]) * 100
                   for r in rs if r["seed"] in base and "miou_final" in r]
         gain = "-"
@@ -169,26 +170,29 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
     classes = next((r["classes"] for r in results if r.get("classes")), None)
     if classes:
         head = [f"{c}*" if c in THIN_CLASSES else c for c in classes]
-        lines += ["| arm | labelled | " + " | ".join(head) + " |",
-                  "|---|---|" + "---|" * len(classes)]
-        for (arm, frac), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        lines += ["| arm | labelled | steps | " + " | ".join(head) + " |",
+                  "|---|---|---|" + "---|" * len(classes)]
+        for (arm, frac, steps), rs in sorted(groups.items(), key=_row_order):
             per = [r.get("iou_final") or r.get("iou") for r in rs]
             if not all(per):
                 continue
             means = [statistics.fmean(v[c] or 0.0 for v in per) * 100
                      for c in range(len(classes))]
-            lines.append(f"| {arm} | {frac:g} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+            lines.append(f"| {arm} | {frac:g} | {steps} | "
+                         + " | ".join(f"{m:.1f}" for m in means) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     from segcl.viz import plot_lines
 
     # one line per method; the ablation subsets (multiscale:...) and tagged variants stay in
     # the table only
     series: dict[str, list[tuple[float, float, float]]] = {}
-    for (arm, _), rs in groups.items():
+    schedules = {steps for _, _, steps in groups}
+    for (arm, _, steps), rs in sorted(groups.items(), key=_row_order):
         if ":" in arm or "[" in arm or not all("miou_final" in r for r in rs):
             continue
         vals = [r["miou_final"] * 100 for r in rs]
-        series.setdefault(arm, []).append((rs[0]["labeled_images"], statistics.fmean(vals),
+        label = f"{arm}, {steps} steps" if len(schedules) > 1 else arm
+        series.setdefault(label, []).append((rs[0]["labeled_images"], statistics.fmean(vals),
                                            statistics.stdev(vals) if len(vals) > 1 else 0.0))
     if series:
         plot_lines(series, out / "miou_vs_labels.png", "labelled images",
@@ -248,14 +252,14 @@ def main() -> None:
     for frac, method, seed in jobs:
         a.seed = seed
         arm = f"{method} [{a.tag}]" if a.tag else method
-        key = (arm, frac, seed)
+        key = (arm, frac, seed, a.budget)
         done = [r for r in load_results(results_path) if _key(r) == key]
         if done and not a.force:
             print(f"skip {arm} @ {frac} seed {seed}: already measured "
                   f"({done[0]['miou'] * 100:.1f})")
             continue
         name = f"{method}-{a.tag.replace(' ', '-')}" if a.tag else method
-        work = a.out / "runs" / f"{name}@{frac}" / f"seed{seed}"
+        work = a.out / "runs" / f"{name}@{frac}-{a.budget}steps" / f"seed{seed}"
         if work.exists():
             shutil.rmtree(work)
         commands, model_dir = arm_commands(method, frac, a, work)
@@ -316,8 +320,14 @@ def holdout_dataset(data: Path, prefix: str, out: Path) -> Path:
     return root
 
 
-def _key(r: dict[str, Any]) -> tuple[str, float, int]:
-    return r["arm"], r["fraction"], int(r.get("seed", 0))
+def _key(r: dict[str, Any]) -> tuple[str, float, int, int]:
+    return r["arm"], r["fraction"], int(r.get("seed", 0)), int(r["budget_steps"])
+
+
+def _row_order(kv: tuple[tuple[str, float, int], Any]) -> tuple[float, int, str]:
+    """Table rows by fraction, then schedule, then arm."""
+    arm, frac, steps = kv[0]
+    return frac, steps, arm
 
 
 def load_results(path: Path) -> list[dict[str, Any]]:
