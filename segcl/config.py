@@ -60,6 +60,9 @@ OPTION_NAMES = {"SemiConfig.threshold": "--semi-threshold", "SemiConfig.weight":
                 "ContrastConfig.warmup_steps": "--contrast-warmup",
                 "ContrastConfig.temperature": "--contrast-temperature"}
 
+#: the decoded-image cache settings of ``--cache``
+CACHE_MODES = ("auto", "on", "off")
+
 _RULES = {
     "positive": ("> 0", lambda v: v > 0),
     "nonneg": (">= 0", lambda v: v >= 0),
@@ -128,6 +131,9 @@ class DataConfig:
         classes / ignore_index: override or supply the class description.
         workers: DataLoader worker processes.
         unlabeled: extra unlabelled images (a folder) for the semi-supervised stage.
+        cache: keep the decoded images in memory (``on``), read them from disk every time
+            (``off``), or cache the datasets whose decoded size fits a memory bound (``auto``,
+            see :func:`segcl.data.cache.should_cache`). Results are identical either way.
     """
 
     root: str = ""
@@ -141,9 +147,13 @@ class DataConfig:
     ignore_index: int | None = None
     workers: int = 2
     unlabeled: str | None = None
+    cache: str = "auto"
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.cache not in CACHE_MODES:
+            raise ConfigError(f"--cache must be one of {', '.join(CACHE_MODES)}, "
+                              f"got {self.cache!r}")
 
 
 @dataclass

@@ -69,6 +69,9 @@ WarmupSteps = Annotated[int, typer.Option(help="Linear warm-up steps before cosi
 EncoderWeights = Annotated[str | None, typer.Option(
     help="Encoder weights from elsewhere: a timm 'hf-hub:' name, hf://user/name or a "
          ".safetensors file (hub names need network access or a warm cache).")]
+Cache = Annotated[str, typer.Option(
+    help="Keep decoded images in memory: auto (when they fit 1/8 of the memory, at most "
+         "4 GiB), on or off. Same results either way.")]
 Unlabeled = Annotated[Path | None, typer.Option(help="Extra folder of unlabelled images.")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint "
                                            "(its saved config.yaml is used).")]
@@ -89,6 +92,7 @@ def data_config(
     ignore_index: int | None,
     workers: int,
     unlabeled: Path | None,
+    cache: str = "auto",
 ) -> DataConfig:
     """The :class:`DataConfig` of the shared data options of ``finetune`` and ``pretrain``."""
     if data is None:
@@ -97,7 +101,7 @@ def data_config(
     return DataConfig(root=str(data.resolve()), layout=layout, image_size=parse_size(image_size),
                       labeled_fraction=labeled_fraction, labeled_count=labeled_count,
                       classes=parse_classes(classes), ignore_index=ignore_index,
-                      workers=workers,
+                      workers=workers, cache=cache,
                       unlabeled=str(unlabeled.resolve()) if unlabeled else None)
 
 

@@ -95,6 +95,7 @@ def register(app: typer.Typer) -> None:
         unlabeled: o.Unlabeled = None,
         seed: o.Seed = 0,
         workers: o.Workers = 2,
+        cache: o.Cache = "auto",
         device: o.Device = "auto",
         amp: o.Amp = True,
         resume: o.Resume = False,
@@ -113,7 +114,7 @@ def register(app: typer.Typer) -> None:
             cfg = PretrainConfig(
                 checkpoint_every=checkpoint_every,
                 data=o.data_config(data, layout, image_size, labeled_fraction, labeled_count,
-                                   classes, ignore_index, workers, unlabeled),
+                                   classes, ignore_index, workers, unlabeled, cache),
                 optim=OptimConfig(name=optimizer, lr=lr, weight_decay=weight_decay,
                                   warmup_steps=warmup_steps),
                 out=str(out), method=method, encoder=encoder, decoder=decoder,

@@ -98,6 +98,7 @@ def register(app: typer.Typer) -> None:
         eval_mode: o.EvalMode = "resize",
         seed: o.Seed = 0,
         workers: o.Workers = 2,
+        cache: o.Cache = "auto",
         device: o.Device = "auto",
         amp: o.Amp = True,
         resume: o.Resume = False,
@@ -115,7 +116,7 @@ def register(app: typer.Typer) -> None:
             cfg = FinetuneConfig(
                 checkpoint_every=checkpoint_every,
                 data=o.data_config(data, layout, image_size, labeled_fraction, labeled_count,
-                                   classes, ignore_index, workers, unlabeled),
+                                   classes, ignore_index, workers, unlabeled, cache),
                 optim=OptimConfig(name=optimizer, lr=lr, weight_decay=weight_decay,
                                   warmup_steps=warmup_steps),
                 contrast=ContrastConfig(enabled=contrast is not None, weight=contrast_weight,

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segcl.data.cache import DecodedCache, should_cache
 from segcl.data.info import DatasetInfo
 from segcl.data.io import read_image, read_mask
 from segcl.data.layouts import Sample
@@ -87,6 +88,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
             :class:`EvalTransform` without resizing.
         seed: augmentation seed.
         masks: in-memory masks by sample index (pseudo-labels), used instead of the files.
+        cache: ``on``: decode every sample once, now, and keep it in memory
+            (:class:`~segcl.data.cache.DecodedCache`); ``auto``: do so when the decoded
+            samples fit the memory bound of :func:`~segcl.data.cache.should_cache`; ``off``:
+            read from disk on every access. Items are identical either way.
 
     A sample without a mask gets an all-ignore mask when the transform needs one. A transform
     with an ``ignore_index`` attribute must use the dataset's ignore index (else ConfigError).
@@ -99,6 +104,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         transform: Callable[..., tuple[Any, ...]] | None = None,
         seed: int = 0,
         masks: dict[int, np.ndarray] | None = None,
+        cache: str = "off",
     ) -> None:
         self.samples = list(samples)
         self.info = info
@@ -114,6 +120,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         unknown = [i for i in self.masks if not 0 <= i < len(self.samples)]
         if unknown:
             raise DataError(f"in-memory masks given for sample indices out of range: {unknown[:5]}")
+        self.cache: DecodedCache | None = None
+        if should_cache(cache, self.samples):
+            self.cache = DecodedCache(self.samples, info, self.masks)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -124,7 +133,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
             i += len(self.samples)
         if not 0 <= i < len(self.samples):
             raise IndexError(f"sample index {i} out of range for {len(self.samples)} samples")
-        image, mask = load_pair(self.samples[i], self.info, self.masks.get(i))
+        if self.cache is not None:
+            image, mask = self.cache[i]
+        else:
+            image, mask = load_pair(self.samples[i], self.info, self.masks.get(i))
         if mask is None and getattr(self.transform, "needs_mask", True):
             mask = np.full(image.shape[:2], self.info.ignore_index, dtype=np.int64)
         rng = np.random.default_rng([self.seed, epoch, i])

@@ -27,10 +27,12 @@ def eval_loader(
     device: torch.device,
     batch_size: int = 4,
     workers: int = 0,
+    cache: str = "off",
 ) -> DataLoader:
-    """Normalised images (resized for ``resize``, full size for ``slide``) and full-size masks."""
+    """Normalised images (resized for ``resize``, full size for ``slide``) and full-size masks;
+    ``cache`` as in :class:`~segcl.data.SegmentationDataset` (a loader read many times)."""
     transform = EvalTransform(image_size if mode == "resize" else None, mean=mean, std=std)
-    dataset = SegmentationDataset(samples, info, transform)
+    dataset = SegmentationDataset(samples, info, transform, cache=cache)
     return make_loader(dataset, batch_size if mode == "resize" else 1, workers, device,
                        collate_fn=collate_eval)
 

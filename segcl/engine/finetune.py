@@ -195,14 +195,15 @@ def _finetune(
                                contrast=cfg.contrast_jitter, mean=mean, std=std,
                                ignore_index=info.ignore_index)
     train_ds = SegmentationDataset(train_samples, info, transform, seed=cfg.seed,
-                                   masks=masks_override or None)
+                                   masks=masks_override or None, cache=cfg.data.cache)
     loader, sampler = train_loader(train_ds, cfg.batch_size, cfg.seed, cfg.data.workers, device,
                                    ctx.rank, ctx.world)
     batch_size = loader.batch_size
     # validation is sharded too: each process scores every world-th image, the confusion
     # matrices are summed over processes (evaluate_loader), so every rank gets the same metrics
     val_loader = eval_loader(splits.val[ctx.rank :: ctx.world], info, size, mean, std,
-                             cfg.eval_mode, device, workers=min(cfg.data.workers, 2))
+                             cfg.eval_mode, device, workers=min(cfg.data.workers, 2),
+                             cache=cfg.data.cache)
     total_steps = cfg.steps or cfg.epochs * len(loader)
 
     # ---- model, the methods' modules, optimiser ----------------------------------------------

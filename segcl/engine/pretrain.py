@@ -247,7 +247,7 @@ def _pretrain(
     size = tuple(cfg.data.image_size)
     transform = method.transform(cfg, size, mean, std, info.ignore_index)
     train_ds = SegmentationDataset(data.samples, info, transform, seed=cfg.seed,
-                                   masks=data.masks or None)
+                                   masks=data.masks or None, cache=cfg.data.cache)
     loader, sampler = train_loader(train_ds, cfg.batch_size, cfg.seed, cfg.data.workers, device,
                                    ctx.rank, ctx.world)
     batch_size = loader.batch_size

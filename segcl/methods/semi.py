@@ -97,7 +97,7 @@ class Semi(FinetuneMethod):
             data.unlabeled, data.info,
             WeakStrongTransform(data.size, tuple(cfg.scale), semi.strong_views, semi.cutmix,
                                 mean=data.mean, std=data.std),
-            seed=cfg.seed)
+            seed=cfg.seed, cache=cfg.data.cache)
         # indexed by step: a resumed run draws the batches the uninterrupted run would draw
         stream = stream_loader(
             dataset, semi.batch_size or batch_size, cfg.seed, cfg.data.workers, data.device,
