@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import shutil
 import statistics
@@ -107,7 +108,7 @@ def arm_commands(arm: str, frac: float, a: argparse.Namespace, work: Path) -> tu
     pre_steps = int(a.budget * a.pretrain_share)
     pseudo: list[str] = []
     if method == "supcon-pseudo":
-        teacher = a.out / "runs" / f"random@{frac}" / "finetune"
+        teacher = a.out / "runs" / f"random@{frac}-{a.budget}steps" / f"seed{a.seed}" / "finetune"
         if not teacher.exists():
             raise SystemExit(f"supcon-pseudo needs the random arm at fraction {frac} first")
         pseudo, method = ["--pseudo-labels", str(teacher)], "supcon"
@@ -136,6 +137,56 @@ def _stats(values: list[float]) -> str:
     return f"{m:.2f} ± {sd:.2f}"
 
 
+def _mean(rs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rs if r.get(key) is not None]
+    return statistics.fmean(values) if len(values) == len(rs) and values else None
+
+
+def _equal_compute(arm: str, frac: float, rs: list[dict[str, Any]],
+                   groups: dict[tuple[str, float, int], list[dict[str, Any]]]) -> str:
+    """Final mIoU gain over the strongest random-init schedule at this fraction that took at
+    most the arm's wall time (pre-training included; mean minutes per run on the same machine),
+    paired by seed: only the seeds both have are compared."""
+    minutes = _mean(rs, "minutes")
+    if arm == "random" or minutes is None or _mean(rs, "miou_final") is None:
+        return "-"
+    mine = {r["seed"]: r["miou_final"] for r in rs}
+    best: tuple[float, list[float], int] | None = None
+    for (a, f, steps), g in groups.items():
+        if a != "random" or f != frac or (_mean(g, "minutes") or math.inf) > minutes:
+            continue
+        base = {r["seed"]: r["miou_final"] for r in g if r.get("miou_final") is not None}
+        seeds = sorted(set(base) & set(mine))
+        if not seeds:
+            continue
+        strength = statistics.fmean(base[s] for s in seeds)
+        if best is None or strength > best[0]:
+            best = (strength, [(mine[s] - base[s]) * 100 for s in seeds], steps)
+    if best is None:
+        return "-"
+    _, diffs, steps = best
+    shown = f"{diffs[0]:+.2f}" if len(diffs) == 1 else _stats([d / 100 for d in diffs])
+    return f"{shown} (vs random {steps} steps, {len(diffs)} seed{'s' * (len(diffs) > 1)})"
+
+
+def _label_gap(groups: dict[tuple[str, float, int], list[dict[str, Any]]]) -> list[str]:
+    """Rows of the label gap: the best random-init final mIoU with all labels minus the best
+    at each fraction (the room a method can win back)."""
+    best: dict[float, float] = {}
+    for (arm, frac, _), g in groups.items():
+        value = _mean(g, "miou_final")
+        if arm == "random" and value is not None:
+            best[frac] = max(best.get(frac, -1.0), value)
+    if 1.0 not in best:
+        return []
+    lines = ["", "Label gap (random init, best schedule measured, final checkpoint): all labels "
+             f"{best[1.0] * 100:.2f}", "", "| labelled | random init | gap to all labels |",
+             "|---|---|---|"]
+    lines += [f"| {f:g} | {v * 100:.2f} | {(best[1.0] - v) * 100:.2f} |"
+              for f, v in sorted(best.items()) if f < 1.0]
+    return lines
+
+
 def _minutes(rs: list[dict[str, Any]]) -> str:
     known = [r["minutes"] for r in rs if r.get("minutes") is not None]
     return f"{statistics.fmean(known):.1f}" if known else "-"
@@ -148,8 +199,9 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
     for r in results:  # one row per arm, fraction and schedule
         groups.setdefault((r["arm"], r["fraction"], r["budget_steps"]), []).append(r)
     lines = ["| arm | labelled | seeds | steps | val mIoU (val-selected) | val mIoU (final) "
-             "| gain over random (final, paired by seed) | minutes per run |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| gain over random (final, paired by seed) | gain at equal compute | "
+             "minutes per run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (arm, frac, steps), rs in sorted(groups.items(), key=_row_order):
         base = {r["seed"]: r for r in groups.get(("random", frac, steps), [])
                 if "miou_final" in r}
@@ -164,7 +216,8 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
             f"| {arm} | {frac:g} ({rs[0]['labeled_images']} img) | "
             f"{','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
             f"{rs[0]['budget_steps']} | {_stats([r['miou'] for r in rs])} | {final} | {gain} | "
-            f"{_minutes(rs)} |")
+            f"{_equal_compute(arm, frac, rs, groups)} | {_minutes(rs)} |")
+    lines += _label_gap(groups)
     lines += ["", "Per-class IoU (final checkpoint, mean over seeds); the thin classes are "
               "marked with *.", ""]
     classes = next((r["classes"] for r in results if r.get("classes")), None)
