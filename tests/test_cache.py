@@ -75,7 +75,7 @@ def test_cache_reports_the_first_bad_file(samples, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     bad = [sample_list[0], type(sample_list[0])(broken, sample_list[1].mask)]
-    with pytest.raises(DataError, match="broken.png"):
+    with pytest.raises(DataError, match=r"broken\.png"):
         SegmentationDataset(bad, info, cache="on")
 
 

@@ -78,14 +78,15 @@ def to_tensor(
     """``HxWx3`` uint8 image -> ``3xHxW`` float32 tensor, scaled to [0, 1] and normalised."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.float32)
+    # (converted in NumPy: a fresh writable float32 array, also for read-only cached images)
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255.0
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255.0
     return x.sub_(m).div_(s).contiguous()
 
 
 def _mask_tensor(mask: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+    return torch.from_numpy(np.array(mask, dtype=np.int64, order="C"))  # (a writable copy)
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:

@@ -7,9 +7,10 @@ registry which are active (:func:`segcl.methods.active`) and composes them: thei
 images, their second data streams, their modules, their loss terms and their checkpoint state.
 It never looks at their names or config sections.
 
-The training step is kept readable top to bottom (nanoGPT style): learning-rate schedule, mixed
-precision, the methods' terms, gradient clipping, logging, evaluation and atomic checkpoints with
-resume.
+The training loop itself (schedule, mixed precision, clipping, logging, mid-epoch checkpoints)
+is :func:`segcl.engine.loop.train_loop`, shared with pre-training; fine-tuning gives it the
+forward pass (labelled cross-entropy + the methods' terms) and the end-of-epoch validation with
+its best/last checkpoints.
 
 Under ``torchrun --nproc_per_node N -m segcl finetune ...`` each process trains on its share of
 every epoch (:class:`~segcl.engine.data_setup.EpochSampler` with ``rank``/``world``;
@@ -47,9 +48,10 @@ from segcl.engine.checkpoint import (
 )
 from segcl.engine.data_setup import load_splits, normalization, train_loader
 from segcl.engine.evaluate import eval_loader, evaluate_loader
-from segcl.engine.optim import build_optimizer, lr_factor, set_lr
+from segcl.engine.loop import Job, train_loop
+from segcl.engine.optim import build_optimizer
 from segcl.engine.rundir import RunDir
-from segcl.engine.runtime import amp_dtype, autocast, seed_everything, to_device
+from segcl.engine.runtime import amp_dtype, seed_everything, to_device
 from segcl.errors import CheckpointError, ConfigError
 from segcl.methods.base import FinetuneData, FinetuneMethod, FinetuneStep
 from segcl.models import ModelConfig, SegmentationModel
@@ -277,48 +279,18 @@ def _finetune(
         cb.on_eval(st.step, record)
         return metrics
 
-    # ---- training loop -----------------------------------------------------------------------
-    cb.on_start(total_steps, st.step, "finetune")
-    model.train()
-    last_save = time.monotonic()
+    # ---- training loop (segcl.engine.loop): what fine-tuning adds is the forward and the
+    # end-of-epoch validation -------------------------------------------------------------------
     best_metrics: dict[str, Any] | None = None
-    every = train_state.CheckpointEvery(cfg.checkpoint_every)
-    while st.step < total_steps:
-        sampler.set_epoch(st.epoch, skip=st.epoch_step * batch_size)
-        t0, seen = time.perf_counter(), 0
-        for batch in loader:
-            batch = to_device(batch, device, channels_last)
-            lr = set_lr(optimizer, cfg.optim.lr,
-                        lr_factor(st.step, total_steps, cfg.optim.warmup_steps,
-                                  cfg.optim.min_lr_ratio))
-            batches = {m.name: to_device(next(streams[m.name]), device, channels_last)
-                       for m in methods if m.name in streams and m.draws(cfg, st.step)}
-            with autocast(device, amp):
-                loss, logs = step_module(batch["image"], batch["mask"], st.step, batches)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.optim.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            st.step += 1
-            st.epoch_step += 1
-            seen += batch["image"].shape[0] * ctx.world
-            if st.step % cfg.log_every == 0 or st.step == total_steps:
-                values = distributed.mean_over_ranks({"loss": loss, **logs}, ctx)
-                ips = seen / max(1e-9, time.perf_counter() - t0)
-                record = {"step": st.step, "epoch": st.epoch + 1, "loss": values.pop("loss"),
-                          "lr": lr, "images_per_s": round(ips, 2),
-                          **{k: round(v, 5) for k, v in values.items()}}
-                run.log(record)
-                cb.on_step(st.step, record)
-            if st.step >= total_steps:
-                break
-            if ctx.is_main and every.due(st.step) and st.epoch_step < len(loader):
-                save(run.last, None, with_state=True)  # mid-epoch: --checkpoint-every
-        st.epoch += 1
-        st.epoch_step = 0
+    last_save = time.monotonic()
+
+    def forward(batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        batches = {m.name: to_device(next(streams[m.name]), device, channels_last)
+                   for m in methods if m.name in streams and m.draws(cfg, step)}
+        return step_module(batch["image"], batch["mask"], step, batches)
+
+    def end_epoch() -> bool:
+        nonlocal best_metrics, last_save
         evaluate_now = st.epoch % cfg.val_every == 0 or st.step >= total_steps
         if evaluate_now:
             metrics = validate()
@@ -332,6 +304,15 @@ def _finetune(
                             or st.step >= total_steps):
             save(run.last, None, with_state=True)
             last_save = time.monotonic()
+        return False
+
+    cb.on_start(total_steps, st.step, "finetune")
+    model.train()
+    train_loop(Job("finetune", loader, sampler, batch_size, total_steps, forward,
+                   model.parameters, optimizer, scaler, cfg.optim, amp, device, channels_last,
+                   cfg.log_every, cfg.checkpoint_every,
+                   lambda: save(run.last, None, with_state=True), end_epoch),
+               st, run, ctx, cb)
 
     result = {"run_dir": str(run.path), "best_miou": st.best_metric, "best_step": st.best_step,
               "steps": st.step, "rank": ctx.rank}

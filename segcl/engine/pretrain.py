@@ -12,9 +12,10 @@ anchors, positives or negatives. A method with ``unlabelled = False`` trains on 
 (+ pseudo-labelled) images only. Without any labels the label terms are dropped, with a message
 and a note in the run's config and metrics (a method with ``labels = "required"`` fails).
 
-The loop mirrors :mod:`segcl.engine.finetune`: warm-up + cosine schedule, mixed precision on CUDA
-(the losses always compute in float32), gradient clipping, JSON-lines metrics, atomic
-checkpoints with resume. There is no validation metric: ``best/`` holds the last step's weights.
+The loop is fine-tuning's (:func:`segcl.engine.loop.train_loop`: warm-up + cosine schedule,
+mixed precision on CUDA, gradient clipping, JSON-lines metrics, atomic checkpoints with resume);
+pre-training gives it the method's loss as the forward pass (the losses always compute in
+float32). There is no validation metric: ``best/`` holds the last step's weights.
 Checkpoint weights: ``encoder.*`` (+ ``decoder.*``) exactly as in a
 :class:`~segcl.models.SegmentationModel` without classifier, plus the heads under
 ``heads.<name>.*``, so ``segcl finetune --init RUN`` picks up the encoder (and decoder).
@@ -28,7 +29,6 @@ only rank 0 writes files and reports progress.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -51,9 +51,10 @@ from segcl.engine.checkpoint import (
     save_checkpoint,
 )
 from segcl.engine.data_setup import load_splits, normalization, train_loader
-from segcl.engine.optim import build_optimizer, lr_factor, set_lr
+from segcl.engine.loop import Job, train_loop
+from segcl.engine.optim import build_optimizer
 from segcl.engine.rundir import RunDir
-from segcl.engine.runtime import amp_dtype, autocast, seed_everything, to_device
+from segcl.engine.runtime import amp_dtype, seed_everything
 from segcl.errors import ConfigError
 from segcl.methods.base import PretrainMethod
 from segcl.methods.terms import LABEL_TERMS
@@ -297,7 +298,7 @@ def _pretrain(
         save_checkpoint(folder, net.state_dict(), config,
                         train_state.pack(st, optimizer, scaler) if with_state else None)
 
-    # ---- training loop -----------------------------------------------------------------------
+    # ---- training loop (segcl.engine.loop) ----------------------------------------------------
     cb.on_start(total_steps, st.step, f"pretrain {cfg.method}")
     if data.dropped and ctx.is_main:
         run.log({"step": st.step, "epoch": st.epoch,
@@ -305,50 +306,21 @@ def _pretrain(
                  "dropped_losses": data.dropped})
     model.train()
     last_save, start_step = time.monotonic(), st.step
-    every = train_state.CheckpointEvery(cfg.checkpoint_every)
-    while st.step < total_steps:
-        sampler.set_epoch(st.epoch, skip=st.epoch_step * batch_size)
-        t0, seen = time.perf_counter(), 0
-        for batch in loader:
-            batch = to_device(batch, device, channels_last)
-            lr = set_lr(optimizer, cfg.optim.lr,
-                        lr_factor(st.step, total_steps, cfg.optim.warmup_steps,
-                                  cfg.optim.min_lr_ratio))
-            with autocast(device, amp):
-                loss, losses = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.optim.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            st.step += 1
-            st.epoch_step += 1
-            seen += batch_size * ctx.world  # (the loader drops incomplete batches)
-            if st.step % cfg.log_every == 0 or st.step == total_steps:
-                values = distributed.mean_over_ranks({"loss": loss, **losses}, ctx)
-                if not math.isfinite(values["loss"]):
-                    raise ConfigError(
-                        f"the {cfg.method} loss became {values['loss']} at step {st.step}; "
-                        "lower --lr or set a gradient clip"
-                    )
-                last_logs = {k: round(v, 5) for k, v in values.items()}
-                ips = seen / max(1e-9, time.perf_counter() - t0)
-                record = {"step": st.step, "epoch": st.epoch, "lr": lr,
-                          "images_per_s": round(ips, 2), **last_logs}
-                run.log(record)
-                cb.on_step(st.step, record)
-            if st.step >= total_steps:
-                break
-            if ctx.is_main and every.due(st.step) and st.epoch_step < len(loader):
-                save(run.last, with_state=True)  # mid-epoch: --checkpoint-every
-        st.epoch += 1
-        st.epoch_step = 0
+
+    def end_epoch() -> bool:  # a resumable checkpoint every cfg.save_every_s seconds
+        nonlocal last_save
         if ctx.is_main and time.monotonic() - last_save > cfg.save_every_s \
                 and st.step < total_steps:
             save(run.last, with_state=True)
             last_save = time.monotonic()
+        return False
+
+    train_loop(
+        Job(f"pretrain {cfg.method}", loader, sampler, batch_size, total_steps,
+            lambda batch, step: model(batch), net.parameters, optimizer, scaler, cfg.optim, amp,
+            device, channels_last, cfg.log_every, cfg.checkpoint_every,
+            lambda: save(run.last, with_state=True), end_epoch, last_logs),
+        st, run, ctx, cb)
 
     if ctx.is_main:
         if st.step > start_step:  # (resuming a finished run changes nothing)
