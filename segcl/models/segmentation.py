@@ -42,7 +42,8 @@ class ModelConfig:
 
 
 class SegmentationModel(nn.Module):
-    """``encoder`` (any timm model) + ``decoder`` (U-Net / DeepLabV3+) + ``classifier`` (1x1 conv).
+    """``encoder`` (any timm model) + ``decoder`` (one of :data:`~segcl.models.DECODERS`) +
+    ``classifier`` (1x1 conv).
 
     ``forward`` returns logits at the input resolution; :meth:`forward_dense` returns the decoder's
     dense features, which the contrastive heads consume.
