@@ -52,13 +52,13 @@ def test_checkpoint_round_trip(decoder: str, tmp_path: Path) -> None:
     from segcl.data.info import DatasetInfo
 
     torch.manual_seed(0)
-    model = create_model("test_resnet", decoder, num_classes=3).eval()
+    model = create_model("test_vit", decoder, num_classes=3).eval()
     info = DatasetInfo(classes=["a", "b", "c"])
     config = checkpoint_config(model.config.to_dict(), info, (0.5,) * 3, (0.25,) * 3, (48, 64),
                                method="finetune")
     folder = save_checkpoint(tmp_path / "best", model.state_dict(), config)
     saved = json.loads((folder / "config.json").read_text())["model"]
-    assert saved["decoder"] == decoder
+    assert saved["decoder"] == decoder and saved["pyramid"] is True
     loaded, _ = load_model(folder)
     assert type(loaded.decoder) is DECODERS[decoder]
     x = torch.randn(1, 3, 40, 56)

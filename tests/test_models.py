@@ -32,7 +32,7 @@ def test_forward_shape_and_rebuild(encoder: str, decoder: str) -> None:
 
 
 @pytest.mark.parametrize("decoder", sorted(DECODERS))
-@pytest.mark.parametrize("encoder", ["test_resnet", "test_convnext"])
+@pytest.mark.parametrize("encoder", ["test_resnet", "test_convnext", "test_vit"])
 @pytest.mark.parametrize("size", [(65, 97), (33, 50)])
 def test_odd_input_sizes(encoder: str, decoder: str, size: tuple[int, int]) -> None:
     model = create_model(encoder, decoder, num_classes=3).eval()

@@ -8,6 +8,7 @@ from segcl.models.decoders import (
     UNetDecoder,
 )
 from segcl.models.encoder import TimmEncoder
+from segcl.models.pyramid import SimpleFeaturePyramid
 from segcl.models.segmentation import ModelConfig, SegmentationModel, create_model
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ModelConfig",
     "SegFormerDecoder",
     "SegmentationModel",
+    "SimpleFeaturePyramid",
     "TimmEncoder",
     "UNetDecoder",
     "create_model",
