@@ -27,7 +27,7 @@ from segcl.engine.pretrain import build_net, check_config, pretrain
 from segcl.errors import ConfigError
 from segcl.methods import terms as shared_terms
 from segcl.methods.base import FinetuneMethod, FinetuneStep, PretrainMethod
-from segcl.models import ModelConfig
+from segcl.models import DECODERS, ModelConfig
 
 SIZE = (32, 48)
 
@@ -70,15 +70,16 @@ def _batch(method: PretrainMethod, cfg: PretrainConfig, n: int = 2) -> dict[str,
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
 @pytest.mark.parametrize("name", methods.names("pretrain"))
-def test_each_method_computes_a_loss(name: str) -> None:
+def test_each_method_computes_a_loss(name: str, decoder: str) -> None:
     method = methods.get(name)
-    cfg = PretrainConfig(method=name, encoder="test_resnet")
+    cfg = PretrainConfig(method=name, encoder="test_resnet", decoder=decoder)
     check_config(cfg)
     terms = method.terms(cfg)
     torch.manual_seed(0)
-    net = build_net(cfg, ModelConfig(encoder="test_resnet", num_classes=0), terms, 255,
-                    gather=False)
+    net = build_net(cfg, ModelConfig(encoder="test_resnet", decoder=decoder, num_classes=0),
+                    terms, 255, gather=False)
     assert sorted(net.heads) == sorted(terms)
     assert (net.decoder is not None) == method.trains_decoder(terms)
     loss, logged = net(_batch(method, cfg))
@@ -87,6 +88,8 @@ def test_each_method_computes_a_loss(name: str) -> None:
     assert loss.item() == pytest.approx(sum(v.item() for v in logged.values()))
     loss.backward()
     assert all(p.grad is not None for p in net.encoder.parameters() if p.requires_grad)
+    if net.decoder is not None:  # the heads see the decoder's features, whichever it is
+        assert all(p.grad is not None for p in net.decoder.parameters())
 
 
 class Dummy(PretrainMethod):

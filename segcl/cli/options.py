@@ -38,7 +38,9 @@ Data = Annotated[Path, typer.Argument(help="Dataset folder (layouts: folder, cam
                                             "cityscapes, pet; see --layout).")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 Encoder = Annotated[str, typer.Option(help="Any timm model name, e.g. resnet18, convnext_tiny.")]
-Decoder = Annotated[str, typer.Option(help="Decoder: unet or deeplabv3plus.")]
+Decoder = Annotated[str, typer.Option(
+    help="Decoder: unet, deeplabv3plus, fpn (Panoptic FPN semantic head) or segformer "
+         "(SegFormer's all-MLP head).")]
 ImageSize = Annotated[str, typer.Option(help="Training/inference size HxW, e.g. 192x256.")]
 Layout = Annotated[str, typer.Option(help="Dataset layout: auto, folder, camvid, voc, "
                                           "cityscapes, pet.")]

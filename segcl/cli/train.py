@@ -22,6 +22,10 @@ FINETUNE_EPILOG = """
 
   segcl finetune data/camvid --init runs/camvid-supcon --lr 0.007 --out runs/camvid-ft
 
+  # a plain ViT at any input size, with SegFormer's all-MLP decoder
+  segcl finetune data/camvid --encoder vit_small_patch16_224 --decoder segformer \\
+      --image-size 360x480 --optimizer adamw --lr 0.0002 --out runs/camvid-vit
+
   segcl finetune --resume --out runs/camvid-ce
 
   # 4 GPUs (--batch-size is per process); cross-image contrast with the memory bank

@@ -73,7 +73,8 @@ def initialize_from(
     """Load pre-trained weights into ``model``.
 
     ``parts``: ``encoder`` (encoder only), ``all`` (encoder + decoder + classifier when it fits),
-    or ``auto`` (the encoder, plus the decoder when the checkpoint has one of the same type).
+    or ``auto`` (the encoder, plus the decoder when the checkpoint has one of the same type whose
+    weights fit: a ViT saved without the feature pyramid feeds its decoder other maps).
     Projection heads are always dropped.
     """
     from segcl.hub.refs import resolve_model_ref
@@ -90,15 +91,19 @@ def initialize_from(
             f"this run uses '{model.config.encoder}'"
         )
     keep = ["encoder."]
+    own = model.state_dict()
+
+    def fits(prefix: str) -> bool:
+        return all(own.get(k) is not None and own[k].shape == v.shape
+                   for k, v in weights.items() if k.startswith(prefix))
+
     same_decoder = (source_model.get("decoder") == model.config.decoder
                     and source_model.get("decoder_kwargs", {}) == model.config.decoder_kwargs)
-    if parts in ("auto", "all") and same_decoder and any(k.startswith("decoder.") for k in weights):
+    if (parts in ("auto", "all") and same_decoder and any(k.startswith("decoder.") for k in weights)
+            and fits("decoder.")):
         keep.append("decoder.")
     if parts == "all":
-        own = model.state_dict()
-        keep += [p for p in ("classifier.",)
-                 if all(own.get(k) is not None and own[k].shape == v.shape
-                        for k, v in weights.items() if k.startswith(p))]
+        keep += [p for p in ("classifier.",) if fits(p)]
     selected = {k: v for k, v in weights.items() if k.startswith(tuple(keep))}
     if not selected:
         raise CheckpointError(f"{folder}: no encoder weights found")

@@ -1,5 +1,8 @@
 """Segmentation decoders. Each constructor takes only the encoder's channel list and strides.
 
+U-Net, DeepLabV3+, FPN (the Panoptic FPN semantic head) and SegFormer's all-MLP head, registered
+by name in :data:`DECODERS` (``--decoder``).
+
 Following segmentation_models_pytorch, a decoder returns dense features; the classifier lives in
 :class:`segcl.models.SegmentationModel`. Spatial sizes are matched by interpolating to the skip
 feature's size, so encoders with any strides (including ViTs with a constant stride) work.
@@ -7,6 +10,7 @@ feature's size, so encoders with any strides (including ViTs with a constant str
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -123,7 +127,124 @@ class DeepLabV3PlusDecoder(nn.Module):
         return self.fuse(torch.cat([x, low], dim=1))
 
 
+def conv_gn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
+    """``Conv3x3 - GroupNorm - ReLU`` (32 groups, fewer when ``out_ch`` is not a multiple)."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+        nn.GroupNorm(math.gcd(32, out_ch), out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+def pyramid_levels(encoder_strides: Sequence[float], finest_stride: float) -> list[int]:
+    """Indices of the encoder maps a pyramid decoder uses: from the map whose stride is nearest
+    to ``finest_stride`` (4 in the papers; 3.5 for a 14-pixel-patch ViT's pyramid) to the
+    deepest. A CNN's stride-2 map is left out."""
+    start = min(range(len(encoder_strides)),
+                key=lambda i: abs(encoder_strides[i] - finest_stride))
+    return list(range(start, len(encoder_strides)))
+
+
+class FPNDecoder(nn.Module):
+    """Semantic segmentation branch of Panoptic FPN (Kirillov, Girshick, He, Dollar: "Panoptic
+    Feature Pyramid Networks", CVPR 2019, Sec. 3 and Fig. 3) on a feature pyramid network
+    (Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017).
+
+    FPN: the encoder maps from stride ``finest_stride`` down (P2-P5, strides 4-32, in the paper;
+    see :func:`pyramid_levels`) get a 1x1 lateral convolution to ``pyramid_channels``; from the
+    deepest down, each level adds the nearest-upsampled level above it, then a 3x3 convolution
+    smooths it.
+
+    Semantic branch: each level climbs to the finest level in stages of ``conv3x3 (128) -
+    GroupNorm - ReLU - bilinear upsampling`` (one stage per level climbed: 3 for P5, 2 for P4, 1
+    for P3; P2 gets one convolution and no upsampling); the levels are summed. The output has
+    ``segmentation_channels`` channels at the finest level's stride (4); the 1x1 classifier and
+    the final upsampling are :class:`~segcl.models.SegmentationModel`'s. Upsampling goes to the
+    next level's actual size, so odd input sizes work.
+    """
+
+    def __init__(
+        self,
+        encoder_channels: Sequence[int],
+        encoder_strides: Sequence[float],
+        pyramid_channels: int = 256,
+        segmentation_channels: int = 128,
+        finest_stride: float = 4,
+    ):
+        super().__init__()
+        self.levels = pyramid_levels(encoder_strides, finest_stride)
+        self.lateral = nn.ModuleList(
+            [nn.Conv2d(encoder_channels[i], pyramid_channels, 1) for i in self.levels])
+        self.smooth = nn.ModuleList(
+            [nn.Conv2d(pyramid_channels, pyramid_channels, 3, padding=1) for _ in self.levels])
+        self.semantic = nn.ModuleList()
+        for depth in range(len(self.levels)):
+            stages = [conv_gn_relu(pyramid_channels, segmentation_channels)]
+            stages += [conv_gn_relu(segmentation_channels, segmentation_channels)
+                       for _ in range(depth - 1)]
+            self.semantic.append(nn.ModuleList(stages))
+        self.out_channels = segmentation_channels
+        self.out_stride = encoder_strides[self.levels[0]]
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        laterals = [conv(features[i]) for conv, i in zip(self.lateral, self.levels, strict=True)]
+        pyramid = [laterals[-1]]
+        for lateral in reversed(laterals[:-1]):  # top-down pathway
+            above = F.interpolate(pyramid[0], size=lateral.shape[-2:], mode="nearest")
+            pyramid.insert(0, lateral + above)
+        pyramid = [conv(p) for conv, p in zip(self.smooth, pyramid, strict=True)]
+        outs = []
+        for depth, (stages, x) in enumerate(zip(self.semantic, pyramid, strict=True)):
+            for k, stage in enumerate(stages):
+                x = stage(x)
+                if depth > 0:  # up to the next finer level's size
+                    x = _resize_to(x, pyramid[depth - 1 - k])
+            outs.append(x)
+        return sum(outs[1:], outs[0])
+
+
+class SegFormerDecoder(nn.Module):
+    """All-MLP decoder of SegFormer (Xie et al.: "SegFormer: Simple and Efficient Design for
+    Semantic Segmentation with Transformers", NeurIPS 2021, Sec. 3.2, Eq. 4).
+
+    With ``F_i`` the encoder maps from stride ``finest_stride`` down (strides 4-32 in the paper;
+    see :func:`pyramid_levels`) and ``C = channels``::
+
+        F'_i = Linear(C_i, C)(F_i)              per pixel (a 1x1 convolution)
+        F'_i = Upsample(H/4 x W/4)(F'_i)        bilinear, to the finest map's size
+        F    = Linear(4C, C)(Concat(F'_i))      here with BatchNorm and ReLU
+
+    The output ``F`` has ``channels`` channels at the finest map's stride; the last step of the
+    paper, ``Linear(C, N_cls)(F)``, is :class:`~segcl.models.SegmentationModel`'s classifier.
+    """
+
+    def __init__(
+        self,
+        encoder_channels: Sequence[int],
+        encoder_strides: Sequence[float],
+        channels: int = 256,
+        finest_stride: float = 4,
+    ):
+        super().__init__()
+        self.levels = pyramid_levels(encoder_strides, finest_stride)
+        self.linear = nn.ModuleList(
+            [nn.Conv2d(encoder_channels[i], channels, 1) for i in self.levels])
+        self.fuse = conv_bn_relu(channels * len(self.levels), channels, 1)
+        self.out_channels = channels
+        self.out_stride = encoder_strides[self.levels[0]]
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        finest = features[self.levels[0]]
+        maps = [_resize_to(linear(features[i]), finest)
+                for linear, i in zip(self.linear, self.levels, strict=True)]
+        return self.fuse(torch.cat(maps, dim=1))
+
+
+#: decoder name (``--decoder``) -> class; each takes ``(encoder_channels, encoder_strides,
+#: **decoder_kwargs)`` and has ``out_channels`` and ``out_stride``
 DECODERS: dict[str, type[nn.Module]] = {
     "unet": UNetDecoder,
     "deeplabv3plus": DeepLabV3PlusDecoder,
+    "fpn": FPNDecoder,
+    "segformer": SegFormerDecoder,
 }

@@ -19,6 +19,9 @@ class ModelConfig:
     """Everything needed to rebuild a :class:`SegmentationModel` (stored in ``config.json``).
 
     ``num_classes = 0`` builds a model without a classifier (contrastive pre-training).
+    ``pyramid`` / ``pyramid_channels``: a plain encoder (a ViT: one stride) gets ViTDet's simple
+    feature pyramid (:class:`~segcl.models.pyramid.SimpleFeaturePyramid`); configs saved before
+    this option existed have no ``pyramid`` key and are rebuilt without one, as they were trained.
     """
 
     encoder: str = "resnet18"
@@ -28,6 +31,8 @@ class ModelConfig:
     decoder_kwargs: dict[str, Any] = field(default_factory=dict)
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     dropout: float = 0.0
+    pyramid: bool = True
+    pyramid_channels: int = 256
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,11 +43,12 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{"pyramid": False, **d})
 
 
 class SegmentationModel(nn.Module):
-    """``encoder`` (any timm model) + ``decoder`` (U-Net / DeepLabV3+) + ``classifier`` (1x1 conv).
+    """``encoder`` (any timm model) + ``decoder`` (one of :data:`~segcl.models.DECODERS`) +
+    ``classifier`` (1x1 conv).
 
     ``forward`` returns logits at the input resolution; :meth:`forward_dense` returns the decoder's
     dense features, which the contrastive heads consume.
@@ -54,9 +60,13 @@ class SegmentationModel(nn.Module):
             raise ConfigError(
                 f"unknown decoder '{config.decoder}'; choose one of {sorted(DECODERS)}"
             )
+        if not isinstance(config.pyramid, bool):
+            raise ConfigError(f"model config 'pyramid' must be true or false, got "
+                              f"{config.pyramid!r}")
         self.config = config
         self.encoder = TimmEncoder(
             config.encoder, pretrained=pretrained_encoder, in_chans=config.in_chans,
+            pyramid=config.pyramid, pyramid_channels=config.pyramid_channels,
             **config.encoder_kwargs,
         )
         self.decoder = DECODERS[config.decoder](
