@@ -42,7 +42,8 @@ CHECKS: dict[str, dict[str, str]] = {
                        "val_every": "positive", "log_every": "positive",
                        "pseudo_threshold": "probability",
                        "pseudo_background_threshold": "probability",
-                       "brightness": "nonneg", "contrast_jitter": "nonneg", "seed": "nonneg"},
+                       "brightness": "nonneg", "contrast_jitter": "nonneg", "seed": "nonneg",
+                       "patience": "nonneg"},
     "PretrainConfig": {"epochs": "positive", "steps": "positive", "batch_size": "positive",
                        "temperature": "positive", "grid": "size", "max_pixels": "positive",
                        "local_grid": "positive", "proj_dim": "positive", "pixel_dim": "positive",
@@ -226,7 +227,11 @@ class SemiConfig:
 
 @dataclass
 class FinetuneConfig:
-    """``segcl finetune``: cross-entropy training of encoder + decoder + classifier."""
+    """``segcl finetune``: cross-entropy training of encoder + decoder + classifier.
+
+    ``patience``: early stopping -- stop after this many validations in a row without a higher
+    val mIoU (``None`` or 0: off). ``best/`` keeps the best model either way.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -257,6 +262,7 @@ class FinetuneConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: str | None = None
+    patience: int | None = None
     command: str | None = None
 
     def __post_init__(self) -> None:

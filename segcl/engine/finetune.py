@@ -283,7 +283,7 @@ def _finetune(
     last_save = time.monotonic()
     best_metrics: dict[str, Any] | None = None
     every = train_state.CheckpointEvery(cfg.checkpoint_every)
-    while st.step < total_steps:
+    while st.step < total_steps and not st.patience_spent(cfg.patience):
         sampler.set_epoch(st.epoch, skip=st.epoch_step * batch_size)
         t0, seen = time.perf_counter(), 0
         for batch in loader:
@@ -322,11 +322,12 @@ def _finetune(
         evaluate_now = st.epoch % cfg.val_every == 0 or st.step >= total_steps
         if evaluate_now:
             metrics = validate()
-            if metrics["miou"] is not None and metrics["miou"] > st.best_metric:
-                st.best_metric, st.best_step = metrics["miou"], st.step
+            if st.record_eval(metrics["miou"]):
                 best_metrics = metrics
                 if ctx.is_main:
                     save(run.best, {"val": summary(metrics)}, with_state=False)
+            elif st.step < total_steps and st.patience_spent(cfg.patience):  # before last/
+                _early_stop(run, cb, st, cfg.patience)
             model.train()
         if ctx.is_main and (evaluate_now or time.monotonic() - last_save > 120
                             or st.step >= total_steps):
@@ -334,11 +335,22 @@ def _finetune(
             last_save = time.monotonic()
 
     result = {"run_dir": str(run.path), "best_miou": st.best_metric, "best_step": st.best_step,
-              "steps": st.step, "rank": ctx.rank}
+              "steps": st.step, "rank": ctx.rank,
+              "stopped_early": st.step < total_steps and st.patience_spent(cfg.patience)}
     if ctx.is_main:
         _plots(run, info, best_metrics)
     cb.on_end(result)
     return result
+
+
+def _early_stop(run: RunDir, cb: Callback, st: train_state.TrainState, patience: int) -> None:
+    """Log (metrics.jsonl) and report (callback) that early stopping ends the run now."""
+    record = {"step": st.step, "epoch": st.epoch, "event": "early_stop", "patience": patience,
+              "best_miou": st.best_metric, "best_step": st.best_step}
+    run.log(record)
+    cb.on_message(f"early stopping at step {st.step}: val mIoU has not improved for {patience} "
+                  f"validations (best {st.best_metric * 100:.2f} at step {st.best_step}, kept "
+                  f"in {run.best})")
 
 
 def _plots(run: RunDir, info: Any, best_metrics: dict[str, Any] | None) -> None:
