@@ -166,3 +166,20 @@ def test_evaluate_library_call_takes_the_same_spec(tiny_run: Path, synthetic_dat
                     mode="slide", tta="flip")
     assert plain["tta"] == "none" and flip["tta"] == "flip"
     assert flip["miou"] is not None and flip["num_images"] == plain["num_images"]
+
+
+def test_pseudo_labels_and_predict_share_one_inference_path(tiny_run: Path, synthetic_data: Path,
+                                                            tmp_path: Path) -> None:
+    from segcl.config import FinetuneConfig
+    from segcl.data import load_samples
+    from segcl.engine.predict import predict
+    from segcl.engine.pseudo import pseudo_label
+
+    tta = TTAConfig.parse("flip,scales=0.75,1.25")
+    samples, info = load_samples(synthetic_data, "val")
+    cfg = FinetuneConfig(pseudo_threshold=0.0, pseudo_background_threshold=0.0)
+    masks, _ = pseudo_label(str(tiny_run), samples, info, cfg, torch.device("cpu"), tta=tta)
+    predict(str(tiny_run), [s.image for s in samples], tmp_path, device="cpu", tta=tta)
+    for sample, mask in zip(samples, masks, strict=True):
+        assert np.array_equal(np.array(Image.open(tmp_path / f"{Path(sample.image).stem}.png")),
+                              mask)
