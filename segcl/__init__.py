@@ -7,6 +7,7 @@ The public API (imported lazily, so ``segcl --help`` stays fast)::
     segcl.finetune(segcl.FinetuneConfig(...))
     metrics = segcl.evaluate("runs/camvid", "data/camvid")
     segcl.predict("runs/camvid", ["photos/"], "masks/")
+    segcl.predict("runs/camvid", ["photos/"], "masks/", tta="flip", save_probs=True, color=True)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _API = {
     "ContrastConfig": "segcl.config",
     "FinetuneConfig": "segcl.config",
     "PretrainConfig": "segcl.config",
+    "TTAConfig": "segcl.config",
     "finetune": "segcl.engine.finetune",
     "pretrain": "segcl.engine.pretrain",
     "evaluate": "segcl.engine.evaluate",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,7 +43,8 @@ CHECKS: dict[str, dict[str, str]] = {
                        "val_every": "positive", "log_every": "positive",
                        "pseudo_threshold": "probability",
                        "pseudo_background_threshold": "probability",
-                       "brightness": "nonneg", "contrast_jitter": "nonneg", "seed": "nonneg"},
+                       "brightness": "nonneg", "contrast_jitter": "nonneg", "seed": "nonneg",
+                       "patience": "nonneg"},
     "PretrainConfig": {"epochs": "positive", "steps": "positive", "batch_size": "positive",
                        "temperature": "positive", "grid": "size", "max_pixels": "positive",
                        "local_grid": "positive", "proj_dim": "positive", "pixel_dim": "positive",
@@ -94,6 +96,103 @@ def parse_every(spec: str | None) -> tuple[int | None, float | None]:
         pass
     raise ConfigError(f"--checkpoint-every must be a number of steps (500) or of seconds (90s), "
                       f"got {spec!r}")
+
+
+#: the largest ``--tta`` scale (a typo such as ``scales=75`` should not exhaust the memory)
+MAX_TTA_SCALE = 4.0
+_TTA_HELP = "e.g. 'flip', 'scales=0.75,1,1.25' or 'flip,scales=0.75,1,1.25'"
+
+
+@dataclass(frozen=True)
+class TTAConfig:
+    """Test-time augmentation: every view's softmax probabilities, averaged.
+
+    Attributes:
+        flip: also predict the horizontally flipped image (and flip the prediction back).
+        scales: factors in ``(0, 4]`` the network input is resized by (bilinear) before the
+            forward pass; each view's logits are resized back before the softmax. ``(1.0,)`` =
+            no rescaling.
+
+    Built from the ``--tta`` text by :meth:`parse`, which checks it (the only place that does).
+    """
+
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        scales = tuple(self.scales)
+        if not scales:
+            raise ConfigError(f"--tta scales need at least one value ({_TTA_HELP})")
+        for s in scales:
+            if not _number(s) or not 0 < s <= MAX_TTA_SCALE:
+                raise ConfigError(f"--tta scales must be numbers in (0, {MAX_TTA_SCALE:g}], "
+                                  f"got {s!r} ({_TTA_HELP})")
+        if len(set(scales)) != len(scales):
+            raise ConfigError(f"--tta lists a scale twice: "
+                              f"scales={','.join(f'{s:g}' for s in scales)}")
+        object.__setattr__(self, "scales", tuple(float(s) for s in scales))
+
+    @property
+    def views(self) -> int:
+        """Forward passes per image (scales x flips)."""
+        return len(self.scales) * (2 if self.flip else 1)
+
+    def __str__(self) -> str:
+        parts = ["flip"] if self.flip else []
+        if self.scales != (1.0,):
+            parts.append("scales=" + ",".join(f"{s:g}" for s in self.scales))
+        return ",".join(parts) or "none"
+
+    @property
+    def identity(self) -> bool:
+        """One view of the image as it is: the same as no test-time augmentation."""
+        return not self.flip and self.scales == (1.0,)
+
+    @classmethod
+    def parse(cls, spec: str | TTAConfig | None) -> TTAConfig | None:
+        """``--tta`` text -> config; ``None``, ``"none"`` and ``"scales=1"`` -> None (off).
+
+        Grammar (case-insensitive, comma-separated): ``flip`` and/or ``scales=S1,S2,...``; the
+        numbers after ``scales=`` run up to the next word. ``"flip,scales=0.75,1,1.25"`` gives
+        six views.
+
+        Raises:
+            ConfigError: one line naming ``--tta``, the bad part and an example.
+        """
+        if spec is None or isinstance(spec, TTAConfig):
+            return None if spec is None or spec.identity else spec
+        text = re.sub(r"\s*=\s*", "=", str(spec).strip().lower())
+        if text == "none":
+            return None
+        flip, scales, in_scales = False, None, False
+        for raw in text.split(","):
+            token = raw.strip()
+            if not token:
+                raise ConfigError(f"--tta has an empty part in {spec!r} ({_TTA_HELP})")
+            if token == "flip" or token.startswith("scales="):
+                if (flip if token == "flip" else scales is not None):
+                    raise ConfigError(f"--tta repeats {token.split('=')[0]!r} in {spec!r}")
+                if token == "flip":
+                    flip, in_scales = True, False
+                else:
+                    scales, in_scales = [], True
+                    token = token[len("scales="):].strip()
+                    if token:
+                        scales.append(_tta_number(token, spec))
+            elif in_scales:
+                scales.append(_tta_number(token, spec))  # type: ignore[union-attr]
+            else:
+                raise ConfigError(f"--tta has an unknown part {token!r} in {spec!r} "
+                                  f"({_TTA_HELP})")
+        return cls.parse(cls(flip=flip, scales=(1.0,) if scales is None else tuple(scales)))
+
+
+def _tta_number(token: str, spec: str) -> float:
+    try:
+        return float(token)
+    except ValueError:
+        raise ConfigError(f"--tta has an unknown part {token!r} in {spec!r} ({_TTA_HELP})") \
+            from None
 
 
 def check_fields(cfg: Any) -> None:
@@ -226,7 +325,11 @@ class SemiConfig:
 
 @dataclass
 class FinetuneConfig:
-    """``segcl finetune``: cross-entropy training of encoder + decoder + classifier."""
+    """``segcl finetune``: cross-entropy training of encoder + decoder + classifier.
+
+    ``patience``: early stopping -- stop after this many validations in a row without a higher
+    val mIoU (``None`` or 0: off). ``best/`` keeps the best model either way.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -257,6 +360,7 @@ class FinetuneConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: str | None = None
+    patience: int | None = None
     command: str | None = None
 
     def __post_init__(self) -> None:

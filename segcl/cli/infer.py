@@ -18,6 +18,9 @@ EVALUATE_EPILOG = """
   segcl evaluate runs/camvid-ce data/camvid --layout camvid --json eval.json
 
   segcl evaluate hf://user/camvid-unet data/camvid --split val --mode slide
+
+  # test-time augmentation: flips and three scales, probabilities averaged
+  segcl evaluate runs/camvid-ce data/camvid --tta flip,scales=0.75,1,1.25
 """
 
 PREDICT_EPILOG = """
@@ -26,6 +29,12 @@ PREDICT_EPILOG = """
   segcl predict runs/camvid-ce photos/ --out masks/
 
   segcl predict camvid-resnet18-unet img1.jpg img2.jpg --out masks/ --overlay
+
+  # RGB colour masks and float16 class probabilities next to the index masks, with TTA
+  segcl predict runs/camvid-ce photos/ --out masks/ --color --save-probs --tta flip
+
+  # read the probabilities back (C x H x W), one class plane without loading the rest
+  python -c "import numpy as np; p = np.load('masks/img1_probs.npy', mmap_mode='r'); print(p[2])"
 """
 
 Model = Annotated[str, typer.Argument(help="Run directory, checkpoint folder, hf://user/name"
@@ -34,7 +43,9 @@ Model = Annotated[str, typer.Argument(help="Run directory, checkpoint folder, hf
 
 def metrics_table(metrics: dict[str, Any]) -> Table:
     """Per-class IoU / F1 / precision / recall and the means, as a rich table."""
-    table = Table(title=f"{metrics.get('num_images', '?')} images")
+    tta = metrics.get("tta", "none")
+    table = Table(title=f"{metrics.get('num_images', '?')} images"
+                        + ("" if tta == "none" else f", test-time augmentation {tta}"))
     for col in ("class", "IoU", "F1/Dice", "precision", "recall"):
         table.add_column(col, justify="left" if col == "class" else "right")
 
@@ -68,18 +79,20 @@ def register(app: typer.Typer) -> None:
                                                             "PNG here.")] = None,
         device: o.Device = "auto",
         workers: o.Workers = 2,
+        tta: o.TTA = None,
         quiet: o.Quiet = False,
     ) -> None:
         """mIoU, per-class IoU, F1/Dice, precision, recall and accuracy of a model on a split.
 
         Metrics are computed at each mask's full resolution; the ignore index is excluded.
         """
+        from segcl.config import TTAConfig
         from segcl.engine.evaluate import evaluate as run_evaluate
         from segcl.fileio import atomic_write_text
 
         metrics = run_evaluate(model, str(data), split=split, layout=layout, mode=mode,
                                batch_size=batch_size, device=device, workers=workers,
-                               callback=RichProgress(quiet))
+                               callback=RichProgress(quiet), tta=TTAConfig.parse(tta))
         if json_out is not None:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(json_out, json.dumps({"model": model, "data": str(data),
@@ -102,6 +115,16 @@ def register(app: typer.Typer) -> None:
                                                           "(searched recursively).")],
         out: o.Out = Path("predictions"),
         overlay: Annotated[bool, typer.Option(help="Also write NAME_overlay.jpg blends.")] = False,
+        color: Annotated[bool, typer.Option(
+            "--color", help="Also write NAME_color.png, an RGB mask in the dataset palette, next "
+                            "to the index mask NAME.png (which is always written).")] = False,
+        save_probs: Annotated[bool, typer.Option(
+            "--save-probs", help="Also write NAME_probs.npy: per-class probabilities, C x H x W "
+                                 "float16 at the image's size (NumPy format: no extra "
+                                 "dependency, exact float16, np.load(..., mmap_mode='r') reads "
+                                 "one class without the rest); NAME.png is their argmax.")]
+        = False,
+        tta: o.TTA = None,
         batch_size: o.BatchSize = 8,
         mode: o.EvalMode = "resize",
         threads: Annotated[int, typer.Option(help="Threads decoding and writing images.")] = 2,
@@ -113,11 +136,13 @@ def register(app: typer.Typer) -> None:
 
         Files that cannot be read are listed at the end; the exit status is 1 if any failed.
         """
+        from segcl.config import TTAConfig
         from segcl.engine.predict import predict as run_predict
 
         result = run_predict(model, inputs, out, batch_size=batch_size, device=device, mode=mode,
                              overlay=overlay, threads=threads, amp=amp,
-                             callback=RichProgress(quiet))
+                             callback=RichProgress(quiet), tta=TTAConfig.parse(tta),
+                             save_probs=save_probs, color=color)
         results.print(f"wrote {len(result.written)} masks to {out}")
         if result.failed:
             console.print(f"[red]{len(result.failed)} file(s) could not be processed:")

@@ -64,6 +64,11 @@ EvalMode = Annotated[str, typer.Option(
                    "model's training size and upsamples the logits to the original size; "
                    "'slide' keeps the original resolution and averages overlapping windows of "
                    "the training size.")]
+TTA = Annotated[str | None, typer.Option(
+    "--tta", help="Test-time augmentation, averaged in probability space (softmax of each view, "
+                  "then the mean): 'flip' (horizontal), 'scales=0.75,1,1.25' (the network input "
+                  "resized by each factor, in (0, 4]) or both, 'flip,scales=0.75,1,1.25' (6 "
+                  "forward passes per image). Default: none.")]
 Optimizer = Annotated[str, typer.Option(help="sgd or adamw.")]
 LearningRate = Annotated[float, typer.Option(help="Peak learning rate.")]
 WeightDecay = Annotated[float, typer.Option(help="Weight decay (not on norms/biases).")]

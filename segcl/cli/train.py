@@ -28,6 +28,9 @@ FINETUNE_EPILOG = """
 
   segcl finetune --resume --out runs/camvid-ce
 
+  # validate every epoch, stop after 5 validations without a better val mIoU
+  segcl finetune data/camvid --layout camvid --epochs 200 --patience 5 --out runs/camvid-es
+
   # 4 GPUs (--batch-size is per process); cross-image contrast with the memory bank
   torchrun --nproc_per_node 4 -m segcl finetune data/camvid --contrast cross-image \\
       --memory-bank --out runs/camvid-ddp
@@ -62,6 +65,10 @@ def register(app: typer.Typer) -> None:
         weight_decay: o.WeightDecay = 1e-4,
         warmup_steps: o.WarmupSteps = 50,
         val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
+        patience: Annotated[int | None, typer.Option(
+            help="Early stopping: stop after N validations in a row without a higher val mIoU "
+                 "(0 or unset: off). best/ keeps the best model; the stop is logged in "
+                 "metrics.jsonl.")] = None,
         init: Annotated[str | None, typer.Option(help="Start from a checkpoint: run dir, "
                                                       "checkpoint folder, hf://repo or registry "
                                                       "name.")] = None,
@@ -132,7 +139,8 @@ def register(app: typer.Typer) -> None:
                                 shared_forward=semi_shared_forward),
                 out=str(out), encoder=encoder, decoder=decoder, init=init, init_parts=init_parts,
                 encoder_weights=encoder_weights, pseudo_labels=pseudo_labels, epochs=epochs,
-                steps=steps, batch_size=batch_size, val_every=val_every, eval_mode=eval_mode,
+                steps=steps, batch_size=batch_size, val_every=val_every, patience=patience,
+                eval_mode=eval_mode,
                 brightness=brightness, contrast_jitter=contrast_jitter, amp=amp, device=device,
                 seed=seed, command=command_line(),
             )
@@ -141,7 +149,8 @@ def register(app: typer.Typer) -> None:
         result = run_finetune(cfg, RichProgress(quiet), resume=resume)
         if result.get("rank", 0) != 0:  # under torchrun only rank 0 reports
             return
+        stopped = f" (early stop at step {result['steps']})" if result["stopped_early"] else ""
         results.print(
-            f"best val mIoU {result['best_miou'] * 100:.2f} at step {result['best_step']}; "
-            f"run saved in {result['run_dir']}"
+            f"best val mIoU {result['best_miou'] * 100:.2f} at step {result['best_step']}"
+            f"{stopped}; run saved in {result['run_dir']}"
         )

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from segcl.config import TTAConfig
 from segcl.data import DatasetInfo, Sample, SegmentationDataset
 from segcl.data.transforms import EvalTransform
 from segcl.engine.callbacks import Callback
@@ -48,8 +49,12 @@ def evaluate_loader(
     amp: torch.dtype | None = None,
     channels_last: bool = False,
     callback: Callback | None = None,
+    tta: TTAConfig | None = None,
 ) -> dict[str, Any]:
-    """Run ``model`` over ``loader``; the metrics of :func:`segcl.metrics.compute_metrics`."""
+    """Run ``model`` over ``loader``; the metrics of :func:`segcl.metrics.compute_metrics`.
+
+    ``tta``: test-time augmentation (:func:`segcl.engine.inference.infer_logits`).
+    """
     cm = ConfusionMatrix(info.num_classes, info.ignore_index, device=device)
     with eval_mode(model):
         for batch in loader:
@@ -57,7 +62,7 @@ def evaluate_loader(
             if channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
-                logits = infer_logits(model, image, mode, image_size)
+                logits = infer_logits(model, image, mode, image_size, tta)
             for i, mask in enumerate(batch["mask"]):
                 mask = mask.to(device, non_blocking=True)
                 pred = resize_logits(logits[i : i + 1], tuple(mask.shape[-2:])).argmax(1)[0]
@@ -79,15 +84,21 @@ def evaluate(
     workers: int = 2,
     amp: bool = True,
     callback: Callback | None = None,
+    tta: TTAConfig | str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model reference on one split of a dataset (the model's classes and ignore index).
 
-    Returns the metrics of :func:`segcl.metrics.compute_metrics` plus ``class_names``.
+    ``tta``: test-time augmentation, a :class:`~segcl.config.TTAConfig` or its ``--tta`` text
+    (``"flip,scales=0.75,1,1.25"``); the views' probabilities are averaged.
+
+    Returns the metrics of :func:`segcl.metrics.compute_metrics` plus ``class_names``,
+    ``num_images`` and ``tta`` (the spec used, ``"none"`` without).
     """
     from segcl.data import load_samples, validate_samples
     from segcl.engine.checkpoint import load_model
     from segcl.engine.runtime import amp_dtype, resolve_device
 
+    views = TTAConfig.parse(tta)  # a bad spec fails before the model is loaded
     dev = resolve_device(device)
     model, config = load_model(model_ref, dev)
     d = config["data"]
@@ -102,11 +113,12 @@ def evaluate(
         callback.on_start(len(samples), 0, "evaluate")
     counter = _Counter(callback)
     metrics = evaluate_loader(model, loader, info, dev, size, mode, amp_dtype(dev, amp),
-                              dev.type == "cuda", counter)
+                              dev.type == "cuda", counter, views)
     if callback is not None:
         callback.on_end(metrics)
     metrics["class_names"] = info.classes
     metrics["num_images"] = len(samples)
+    metrics["tta"] = str(views) if views is not None else "none"
     return metrics
 
 

@@ -295,36 +295,51 @@ def _finetune(
         return step_module(batch["image"], batch["mask"], step, batches)
 
     def end_epoch() -> bool:
+        """Validate (every ``val_every`` epochs), keep the best, save ``last/``; True when
+        early stopping ends the run."""
         nonlocal best_metrics, last_save
         evaluate_now = st.epoch % cfg.val_every == 0 or st.step >= total_steps
         if evaluate_now:
             metrics = validate()
-            if metrics["miou"] is not None and metrics["miou"] > st.best_metric:
-                st.best_metric, st.best_step = metrics["miou"], st.step
+            if st.record_eval(metrics["miou"]):
                 best_metrics = metrics
                 if ctx.is_main:
                     save(run.best, {"val": summary(metrics)}, with_state=False)
+            elif st.step < total_steps and st.patience_spent(cfg.patience):  # before last/
+                _early_stop(run, cb, st, cfg.patience)
             model.train()
         if ctx.is_main and (evaluate_now or time.monotonic() - last_save > 120
                             or st.step >= total_steps):
             save(run.last, None, with_state=True)
             last_save = time.monotonic()
-        return False
+        return st.patience_spent(cfg.patience)
 
     cb.on_start(total_steps, st.step, "finetune")
     model.train()
-    train_loop(Job("finetune", loader, sampler, batch_size, total_steps, forward,
-                   model.parameters, optimizer, scaler, cfg.optim, amp, device, channels_last,
-                   cfg.log_every, cfg.checkpoint_every,
-                   lambda: save(run.last, None, with_state=True), end_epoch),
-               st, run, ctx, cb)
+    if not st.patience_spent(cfg.patience):  # (a resumed run that had stopped early stays so)
+        train_loop(Job("finetune", loader, sampler, batch_size, total_steps, forward,
+                       model.parameters, optimizer, scaler, cfg.optim, amp, device,
+                       channels_last, cfg.log_every, cfg.checkpoint_every,
+                       lambda: save(run.last, None, with_state=True), end_epoch),
+                   st, run, ctx, cb)
 
     result = {"run_dir": str(run.path), "best_miou": st.best_metric, "best_step": st.best_step,
-              "steps": st.step, "rank": ctx.rank}
+              "steps": st.step, "rank": ctx.rank,
+              "stopped_early": st.step < total_steps and st.patience_spent(cfg.patience)}
     if ctx.is_main:
         _plots(run, info, best_metrics)
     cb.on_end(result)
     return result
+
+
+def _early_stop(run: RunDir, cb: Callback, st: train_state.TrainState, patience: int) -> None:
+    """Log (metrics.jsonl) and report (callback) that early stopping ends the run now."""
+    record = {"step": st.step, "epoch": st.epoch, "event": "early_stop", "patience": patience,
+              "best_miou": st.best_metric, "best_step": st.best_step}
+    run.log(record)
+    cb.on_message(f"early stopping at step {st.step}: val mIoU has not improved for {patience} "
+                  f"validations (best {st.best_metric * 100:.2f} at step {st.best_step}, kept "
+                  f"in {run.best})")
 
 
 def _plots(run: RunDir, info: Any, best_metrics: dict[str, Any] | None) -> None:

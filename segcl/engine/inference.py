@@ -5,6 +5,12 @@
   size that covers ``image_size``).
 - ``slide``: the image is kept at its own resolution and covered by ``image_size`` windows with
   2/3 overlap; overlapping logits are averaged. For models trained on crops at native resolution.
+
+Test-time augmentation (:class:`~segcl.config.TTAConfig`, ``--tta flip,scales=0.75,1,1.25``)
+wraps either policy: every view (each scale, each with and without a horizontal flip) goes
+through the policy, its logits are flipped back and resized to the prepared input's size, and the
+views' softmax probabilities are averaged (the mean in probability space, as mmsegmentation and
+ttach do). :func:`infer_logits` is the one entry point of predict, evaluate and pseudo-labelling.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segcl.config import TTAConfig
 from segcl.errors import ConfigError
 
 EVAL_MODES = ("resize", "slide")
@@ -55,12 +62,63 @@ def slide_logits(model: nn.Module, image: torch.Tensor, window: tuple[int, int])
     return (total / count)[:, :, :h, :w]
 
 
-def infer_logits(
+def _policy_logits(
     model: nn.Module, image: torch.Tensor, mode: str, image_size: tuple[int, int]
 ) -> torch.Tensor:
-    """Logits for a prepared batch: resized images (``resize``) or full-size images (``slide``)."""
     if mode == "resize":
         return model(image)
     if mode == "slide":
         return slide_logits(model, image, image_size)
     raise ConfigError(f"unknown evaluation mode '{mode}'; choose one of {EVAL_MODES}")
+
+
+def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def tta_probabilities(
+    model: nn.Module,
+    image: torch.Tensor,
+    mode: str,
+    image_size: tuple[int, int],
+    tta: TTAConfig,
+) -> torch.Tensor:
+    """Mean softmax probabilities ``(B, C, H, W)`` over the views of ``tta``, at the input's size.
+
+    A view rescales the prepared batch by one of ``tta.scales`` (bilinear; any size, the model
+    upsamples its logits to its input), optionally flips it horizontally, runs the ``mode``
+    policy, undoes the flip, resizes the logits to the input's ``(H, W)`` and takes the softmax
+    (in float32). With ``V`` views: ``p = (1/V) sum_v softmax(logits_v)``.
+    """
+    size = (int(image.shape[-2]), int(image.shape[-1]))
+    total: torch.Tensor | None = None
+    for scale in tta.scales:
+        x = image if scale == 1.0 else F.interpolate(
+            image, size=_scaled(size, scale), mode="bilinear", align_corners=False)
+        for flip in (False, True) if tta.flip else (False,):
+            out = _policy_logits(model, x.flip(-1) if flip else x, mode, image_size)
+            if flip:
+                out = out.flip(-1)
+            probs = resize_logits(out, size).float().softmax(dim=1)
+            total = probs if total is None else total.add_(probs)
+    assert total is not None
+    return total.div_(tta.views)
+
+
+def infer_logits(
+    model: nn.Module,
+    image: torch.Tensor,
+    mode: str,
+    image_size: tuple[int, int],
+    tta: TTAConfig | None = None,
+) -> torch.Tensor:
+    """Logits for a prepared batch: resized images (``resize``) or full-size images (``slide``).
+
+    With ``tta`` (see :func:`tta_probabilities`) the result is the log of the views' mean
+    probabilities, so ``softmax`` gives that mean and ``argmax`` its most probable class, and
+    callers resize and reduce it exactly like plain logits. Without, it is the model's logits.
+    """
+    if tta is None or tta.identity:
+        return _policy_logits(model, image, mode, image_size)
+    probs = tta_probabilities(model, image, mode, image_size, tta)
+    return probs.clamp_min_(torch.finfo(probs.dtype).tiny).log_()

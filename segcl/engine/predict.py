@@ -4,6 +4,20 @@ Pipeline: a thread pool decodes and resizes images a few batches ahead (OpenCV r
 the main thread runs the model (and the upsampling + argmax) batch by batch, and a second thread
 pool writes palette PNGs (and overlays). Files that cannot be read are collected and reported;
 they never stop the run.
+
+Outputs per image ``NAME`` (every file written atomically, at the image's original size):
+
+- ``NAME.png``: the class-index mask, a palette PNG (always; the file evaluation and
+  relabelling tools read).
+- ``NAME_color.png`` (``color=True``): an RGB image, each pixel the dataset palette's colour of
+  its class, next to the index mask -- for viewers and tools that ignore PNG palettes.
+- ``NAME_probs.npy`` (``save_probs=True``): the per-class probabilities, ``(C, H, W)`` float16.
+  NumPy's ``.npy`` rather than a multi-page TIFF: it needs no extra dependency, stores float16
+  exactly with its shape and dtype in the header, and ``np.load(path, mmap_mode="r")[c]`` reads
+  one class plane without loading the rest (class planes are contiguous). The index mask is then
+  the argmax of these stored probabilities (float16 ties go to the lower class index), so the
+  two files always agree.
+- ``NAME_overlay.jpg`` (``overlay=True``): the mask blended over the image.
 """
 
 from __future__ import annotations
@@ -19,7 +33,8 @@ import cv2
 import numpy as np
 import torch
 
-from segcl.data import find_images, read_image, to_tensor, write_mask
+from segcl.config import TTAConfig
+from segcl.data import EvalTransform, find_images, read_image, write_mask
 from segcl.engine.callbacks import Callback
 from segcl.engine.inference import infer_logits, resize_logits
 from segcl.engine.runtime import autocast
@@ -50,16 +65,15 @@ class _Item:
     error: str | None = None
 
 
-def _load(path: Path, rel: Path, size: tuple[int, int] | None, mean, std, keep: bool) -> _Item:
-    """Decode, resize and normalise one image (runs in a reader thread)."""
+def _load(path: Path, rel: Path, transform: EvalTransform, keep: bool) -> _Item:
+    """Decode, resize and normalise one image (runs in a reader thread); the same
+    :class:`~segcl.data.EvalTransform` as evaluation and pseudo-labelling."""
     try:
         image = read_image(path)
     except DataError as err:
         return _Item(path, rel, error=str(err))
-    resized = image if size is None else cv2.resize(image, (size[1], size[0]),
-                                                    interpolation=cv2.INTER_LINEAR)
     return _Item(path, rel, shape=image.shape[:2], image=image if keep else None,
-                 tensor=to_tensor(resized, mean, std))
+                 tensor=transform(image)[0])
 
 
 def _imwrite_jpg(path: Path, bgr: np.ndarray) -> None:
@@ -69,9 +83,22 @@ def _imwrite_jpg(path: Path, bgr: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())
 
 
-def _write(item: _Item, mask: np.ndarray, out_dir: Path, palette, overlay: bool, alpha: float):
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a path
+        np.save(f, array, allow_pickle=False)
+
+
+def _write(item: _Item, mask: np.ndarray, probs: np.ndarray | None, out_dir: Path, palette,
+           overlay: bool, alpha: float, color: bool) -> Path:
     target = out_dir / item.rel.with_suffix(".png")
     write_mask(target, mask, palette)
+    stem = out_dir / item.rel.parent / item.rel.name
+    if color:
+        from segcl.viz import colorize, save_png
+
+        save_png(colorize(mask, palette).convert("RGB"), f"{stem}_color.png")
+    if probs is not None:
+        atomic_write(f"{stem}_probs.npy", lambda tmp: _save_npy(tmp, probs))
     if overlay:
         from segcl.viz import overlay as blend
 
@@ -98,8 +125,17 @@ def predict_files(
     amp: torch.dtype | None = None,
     channels_last: bool = False,
     callback: Callback | None = None,
+    tta: TTAConfig | str | None = None,
+    save_probs: bool = False,
+    color: bool = False,
 ) -> PredictResult:
-    """Predict a mask for every image under ``inputs``; masks keep each image's original size."""
+    """Predict a mask for every image under ``inputs``; masks keep each image's original size.
+
+    ``tta``: test-time augmentation, a :class:`~segcl.config.TTAConfig` or its ``--tta`` text
+    (the mean probabilities of its views); ``save_probs`` / ``color``: also write
+    ``NAME_probs.npy`` / ``NAME_color.png`` (see the module docstring).
+    """
+    tta = TTAConfig.parse(tta)
     cb = callback or Callback()
     device = torch.device(device)
     out_dir = Path(out_dir)
@@ -107,7 +143,7 @@ def predict_files(
     data = config["data"]
     window = tuple(data["image_size"])
     size = window if mode == "resize" else None
-    mean, std = tuple(data["mean"]), tuple(data["std"])
+    transform = EvalTransform(size, mean=tuple(data["mean"]), std=tuple(data["std"]))
     palette = [tuple(c) for c in data["palette"]] if data.get("palette") else None
     if palette is None:
         from segcl.viz import default_palette
@@ -126,7 +162,7 @@ def predict_files(
 
     def submit(k: int) -> None:
         if k < len(batches):
-            pending.append([readers.submit(_load, p, r, size, mean, std, overlay)
+            pending.append([readers.submit(_load, p, r, transform, overlay)
                             for p, r in batches[k]])
 
     cb.on_start(len(files), 0, "predict")
@@ -140,9 +176,11 @@ def predict_files(
             good = [it for it in items if it.error is None]
             result.failed += [(it.path, it.error or "") for it in items if it.error is not None]
             if good:
-                masks = _forward(model, good, device, mode, window, amp, channels_last)
-                writes += [(it, writers.submit(_write, it, m, out_dir, palette, overlay, alpha))
-                           for it, m in zip(good, masks, strict=True)]
+                outs = _forward(model, good, device, mode, window, amp, channels_last, tta,
+                                save_probs)
+                writes += [(it, writers.submit(_write, it, m, pr, out_dir, palette, overlay,
+                                               alpha, color))
+                           for it, (m, pr) in zip(good, outs, strict=True)]
             done += len(items)
             cb.on_step(done, {})
         for item, fut in writes:
@@ -157,11 +195,21 @@ def predict_files(
     return result
 
 
+def _outputs(logits: torch.Tensor, probs: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Full-size ``(B, C, H, W)`` logits -> ``(mask, probabilities or None)`` per image."""
+    if not probs:
+        return [(m, None) for m in logits.argmax(1).to(torch.uint8).cpu().numpy()]
+    p = logits.float().softmax(dim=1).to(torch.float16).cpu().numpy()
+    return [(pi.argmax(0).astype(np.uint8), pi) for pi in p]
+
+
 @torch.inference_mode()
 def _forward(
-    model, items: list[_Item], device, mode, window, amp, channels_last
-) -> list[np.ndarray]:
-    """Logits -> full-size argmax masks. Same-size inputs share one batched upsample."""
+    model, items: list[_Item], device, mode, window, amp, channels_last,
+    tta: TTAConfig | None = None, probs: bool = False,
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Logits -> full-size argmax masks (and probabilities). Same-size inputs share one batched
+    upsample."""
     if mode == "resize":
         x = torch.stack([it.tensor for it in items])
         if device.type == "cuda":
@@ -170,19 +218,18 @@ def _forward(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
-            logits = infer_logits(model, x, mode, window)
+            logits = infer_logits(model, x, mode, window, tta)
         sizes = [it.shape for it in items]
         if len(set(sizes)) == 1:
-            masks = resize_logits(logits, sizes[0]).argmax(1).to(torch.uint8).cpu().numpy()
-            return list(masks)
-        return [resize_logits(logits[i : i + 1], s).argmax(1)[0].to(torch.uint8).cpu().numpy()
+            return _outputs(resize_logits(logits, sizes[0]), probs)
+        return [_outputs(resize_logits(logits[i : i + 1], s), probs)[0]
                 for i, s in enumerate(sizes)]
     out = []
     for it in items:
         x = it.tensor[None].to(device)
         with autocast(device, amp):
-            logits = infer_logits(model, x, mode, window)
-        out.append(logits.argmax(1)[0].to(torch.uint8).cpu().numpy())
+            logits = infer_logits(model, x, mode, window, tta)
+        out += _outputs(logits, probs)
     return out
 
 
@@ -198,13 +245,23 @@ def predict(
     threads: int = 2,
     amp: bool = True,
     callback: Callback | None = None,
+    tta: TTAConfig | str | None = None,
+    save_probs: bool = False,
+    color: bool = False,
 ) -> PredictResult:
-    """Load a model reference and predict masks for ``inputs`` (files and folders)."""
+    """Load a model reference and predict masks for ``inputs`` (files and folders).
+
+    ``tta``: a :class:`~segcl.config.TTAConfig` or its ``--tta`` text
+    (``"flip,scales=0.75,1,1.25"``). ``save_probs`` / ``color``: also write the per-class
+    probabilities (``NAME_probs.npy``) / an RGB colour mask (``NAME_color.png``).
+    """
     from segcl.engine.checkpoint import load_model
     from segcl.engine.runtime import amp_dtype, resolve_device
 
+    views = TTAConfig.parse(tta)  # a bad spec fails before the model is loaded
     dev = resolve_device(device)
     model, config = load_model(model_ref, dev)
     return predict_files(model, config, inputs, out_dir, batch_size=batch_size, device=dev,
                          mode=mode, overlay=overlay, threads=threads, amp=amp_dtype(dev, amp),
-                         channels_last=dev.type == "cuda", callback=callback)
+                         channels_last=dev.type == "cuda", callback=callback, tta=views,
+                         save_probs=save_probs, color=color)

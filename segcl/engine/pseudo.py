@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segcl.config import TTAConfig
 from segcl.data import DatasetInfo, Sample
 from segcl.engine.callbacks import Callback
 from segcl.engine.checkpoint import load_model
@@ -79,6 +80,7 @@ def pseudo_label(
     device: torch.device,
     callback: Callback | None = None,
     batch_size: int = 4,
+    tta: TTAConfig | None = None,
 ) -> tuple[list[np.ndarray], list[Sample]]:
     """Pseudo-label ``samples`` with the teacher model ``teacher_ref``.
 
@@ -92,6 +94,8 @@ def pseudo_label(
             ``eval_mode`` / ``amp`` when present).
         device: where the teacher runs.
         callback: receives one message with the share of pixels kept.
+        tta: test-time augmentation of the teacher (its views' mean probabilities are
+            thresholded); see :func:`segcl.engine.inference.infer_logits`.
 
     Returns:
         ``(masks, samples)``: one mask per sample at the image's original size (uint8, or int32
@@ -122,7 +126,7 @@ def pseudo_label(
         for batch in loader:
             image = batch["image"].to(device, non_blocking=True)
             with autocast(device, amp):
-                logits = infer_logits(model, image, mode, size)
+                logits = infer_logits(model, image, mode, size, tta)
             for i, full in enumerate(batch["mask"]):  # all-ignore placeholders, original size
                 probs = resize_logits(logits[i : i + 1].float(), tuple(full.shape[-2:]))[0]
                 mask = threshold_probabilities(

@@ -16,13 +16,30 @@ from segcl.engine.checkpoint import flatten_optimizer_state, unflatten_optimizer
 class TrainState:
     """Counters of a run. ``epoch`` counts completed epochs, ``epoch_step`` the steps done in
     the current one (a checkpoint saved mid-epoch resumes there); ``best_metric`` is the val
-    mIoU."""
+    mIoU; ``stale_evals`` counts the validations since it last improved (early stopping: saved
+    with the rest, so a resumed run stops where an uninterrupted one would)."""
 
     step: int = 0
     epoch: int = 0
     epoch_step: int = 0
     best_metric: float = -1.0
     best_step: int = -1
+    stale_evals: int = 0
+
+    def record_eval(self, metric: float | None) -> bool:
+        """Count one validation; True (and the new best) when ``metric`` beats the best so far.
+
+        ``None`` (no class could be scored) never improves.
+        """
+        if metric is not None and metric > self.best_metric:
+            self.best_metric, self.best_step, self.stale_evals = metric, self.step, 0
+            return True
+        self.stale_evals += 1
+        return False
+
+    def patience_spent(self, patience: int | None) -> bool:
+        """Early stopping: ``patience`` validations in a row without improvement (0/None: off)."""
+        return bool(patience) and self.stale_evals >= patience  # type: ignore[operator]
 
 
 def pack(
