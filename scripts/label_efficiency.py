@@ -283,6 +283,9 @@ def main() -> None:
                    help="cross-sequence check: train without the training images named PREFIX* "
                         "and validate on them (CamVid: 0001TP)")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="arms whose training finished but whose evaluation did not (a killed "
+                        "session): evaluate and record them without training again")
     p.add_argument("--report", action="store_true",
                    help="only regenerate results.md and the plot from results.json")
     preset = p.parse_known_args()[0].preset
@@ -313,14 +316,21 @@ def main() -> None:
             continue
         name = f"{method}-{a.tag.replace(' ', '-')}" if a.tag else method
         work = a.out / "runs" / f"{name}@{frac}-{a.budget}steps" / f"seed{seed}"
-        if work.exists():
-            shutil.rmtree(work)
         commands, model_dir = arm_commands(method, frac, a, work)
         log: list[str] = []
-        t0 = time.time()
-        for cmd in commands:
-            run(cmd, log)
-        minutes = (time.time() - t0) / 60
+        if a.reevaluate and _trained(model_dir, a.budget):
+            # training finished but its evaluation did not (a killed session): keep the run,
+            # its wall time from its files (first config.yaml written -> last checkpoint)
+            log += ["segcl " + " ".join(shlex.quote(x) for x in cmd) for cmd in commands]
+            minutes = _trained(model_dir, a.budget) / 60
+            print(f"re-evaluating {arm} @ {frac} seed {seed}: trained in {minutes:.1f} min")
+        else:
+            if work.exists():
+                shutil.rmtree(work)
+            t0 = time.time()
+            for cmd in commands:
+                run(cmd, log)
+            minutes = (time.time() - t0) / 60
         evals = {}
         for which in ("best", "last"):  # val-selected and final checkpoint
             eval_json = work / f"eval_{which}.json"
@@ -371,6 +381,22 @@ def holdout_dataset(data: Path, prefix: str, out: Path) -> Path:
     if not moved:
         raise SystemExit(f"--holdout {prefix}: no training image name starts with it")
     return root
+
+
+def _trained(model_dir: Path, budget: int) -> float:
+    """Seconds the run in ``model_dir`` trained for, from its files (the first ``config.yaml``
+    of the arm's run folders -> its final ``last/`` checkpoint); 0 when it did not finish (its
+    metrics do not reach the steps of its config.yaml)."""
+    import yaml
+
+    metrics, config = model_dir / "metrics.jsonl", model_dir / "config.yaml"
+    if not (model_dir / "last").is_dir() or not metrics.is_file() or not config.is_file():
+        return 0.0
+    steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line]
+    if max(steps, default=0) < int(yaml.safe_load(config.read_text())["steps"]):
+        return 0.0
+    start = min(c.stat().st_mtime for c in model_dir.parent.glob("*/config.yaml"))
+    return max(1.0, (model_dir / "last").stat().st_mtime - start)
 
 
 def _key(r: dict[str, Any]) -> tuple[str, float, int, int]:

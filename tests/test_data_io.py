@@ -91,3 +91,22 @@ def test_opencv_assertions_become_data_errors(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(segcl_io.cv2, "imdecode", refuse)
     with pytest.raises(DataError, match=r"a\.png: unreadable image \(.*CV_IO_MAX_IMAGE_PIXELS"):
         segcl_io.read_image(tmp_path / "a.png")
+
+
+def test_reader_pool_lives_with_its_process_and_is_fresh_after_fork():
+    """Decoding threads are kept (a thread that ends right before a DataLoader forks can leave
+    OpenCV's TLS mutex locked in the child); a forked child builds its own pool."""
+    import os
+
+    from segcl.data.io import reader_pool
+
+    pool = reader_pool()
+    assert reader_pool() is pool and pool.submit(lambda: 7).result() == 7
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: the parent's threads do not exist here
+        ok = reader_pool() is not pool and reader_pool().submit(lambda: 3).result() == 3
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from segcl.config import CACHE_MODES
 from segcl.data.info import DatasetInfo
+from segcl.data.io import reader_pool
 from segcl.data.layouts import Sample
 from segcl.errors import ConfigError
 
@@ -66,7 +66,8 @@ def should_cache(mode: str, samples: Sequence[Sample]) -> bool:
 
 
 class DecodedCache:
-    """The decoded ``(image, mask)`` of every sample, read once by a thread pool.
+    """The decoded ``(image, mask)`` of every sample, read once by
+    :func:`~segcl.data.io.reader_pool`.
 
     Args:
         samples: the dataset's samples.
@@ -90,9 +91,7 @@ class DecodedCache:
                     array.flags.writeable = False
             return image, mask
 
-        workers = max(1, min(8, os.cpu_count() or 1, len(samples)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            self.items = list(pool.map(read, range(len(samples))))
+        self.items = list(reader_pool().map(read, range(len(samples))))
         self.nbytes = sum(a.nbytes for pair in self.items for a in pair if a is not None)
 
     def __len__(self) -> int:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -13,7 +11,7 @@ import torch
 
 from segcl.data.cache import DecodedCache, should_cache
 from segcl.data.info import DatasetInfo
-from segcl.data.io import read_image, read_mask
+from segcl.data.io import read_image, read_mask, reader_pool
 from segcl.data.layouts import Sample
 from segcl.data.transforms import EvalTransform
 from segcl.errors import ConfigError, DataError
@@ -155,7 +153,8 @@ def validate_samples(
     """Read every sample (or the first ``limit``) and raise the first problem as DataError.
 
     Run before a long job starts, so a bad file fails it in seconds rather than hours in.
-    Files are read by a thread pool; the error reported is the one of the earliest sample.
+    Files are read by :func:`~segcl.data.io.reader_pool`; the error reported is the one of the
+    earliest sample.
     """
     todo = list(samples if limit is None else samples[: max(0, int(limit))])
     if not todo:
@@ -164,10 +163,10 @@ def validate_samples(
     def check(sample: Sample) -> None:
         load_pair(sample, info)
 
-    workers = min(8, os.cpu_count() or 1, len(todo))
-    pool = ThreadPoolExecutor(max_workers=workers)
+    futures = [reader_pool().submit(check, s) for s in todo]
     try:
-        for _ in pool.map(check, todo):
-            pass
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures:
+            future.result()
+    finally:  # after the first error, skip the samples not started yet
+        for future in futures:
+            future.cancel()

@@ -6,6 +6,7 @@ import io
 import os
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,24 @@ from segcl.fileio import atomic_write
 # segcl parallelises over images (DataLoader workers, reader threads), never inside one OpenCV
 # call. OpenCV's own thread pool also deadlocks in DataLoader workers forked after it started.
 cv2.setNumThreads(0)
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def reader_pool() -> ThreadPoolExecutor:
+    """This process's threads for decoding many images at once (validation, the cache).
+
+    The threads live as long as the process. Threads that used OpenCV must not end just before
+    a fork: a thread that ends cleans up OpenCV's thread-local storage under a global mutex, and
+    a DataLoader worker forked at that moment inherits the mutex locked and hangs at its first
+    OpenCV call (seen with ``segcl evaluate`` under load). A forked child gets a pool of its own.
+    """
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        threads = min(8, os.cpu_count() or 1)
+        _POOL = (os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="segcl-reader"))
+    return _POOL[1]
+
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
