@@ -176,16 +176,18 @@ def _is_eval(record: Mapping[str, Any]) -> bool:
 def _series_for_key(
     records: Sequence[Mapping[str, Any]], key: str
 ) -> tuple[str, dict[str, list[tuple[float, float]]]]:
-    """Collect ``(x, value)`` points of ``key`` per split and choose the shared x axis.
+    """Collect ``(x, value)`` points of ``key`` per split and choose the x axis.
 
-    When training records hold the key, every line uses ``step``: an evaluation record without a
-    ``step`` is placed at the last training step of its epoch. Otherwise lines use ``epoch``.
+    Every panel of a run shares one x axis, the optimiser ``step``, whenever the records carry
+    steps: training records at their step, evaluation records at theirs, or (an evaluation
+    record without a ``step``) at the last training step of its epoch. Only records without any
+    step fall back to ``epoch``.
     """
     train = [r for r in records if not _is_eval(r) and _is_number(r.get(key))]
     evals = [r for r in records if _is_eval(r) and _is_number(r.get(key))]
     lines: dict[str, list[tuple[float, float]]] = {}
     train_ids = {id(r) for r in train}
-    if train:
+    if train or any(_is_number(r.get("step")) for r in records):
         x_name = "step"
         end_of_epoch: dict[float, float] = {}
         for i, rec in enumerate(records):
@@ -215,11 +217,12 @@ def plot_curves(
 ) -> Path:
     """Plot a run's JSON-lines metrics, one panel per key.
 
-    Training records (``{"step", "epoch", "loss", "lr", ...}`` with no ``split`` or
-    ``split == "train"``) are drawn against ``step``; evaluation records (``{"epoch", "split":
-    "val", "miou", ...}``) against ``epoch``, one line per split, or, in a panel that also shows
-    training values (e.g. a val loss next to the train loss), at the last step of their epoch.
-    The default keys ``("loss", "miou")`` give train loss vs step and val mIoU vs epoch. A key
+    Every panel is drawn against the optimiser ``step``: training records (``{"step", "epoch",
+    "loss", "lr", ...}`` with no ``split`` or ``split == "train"``) at their step, evaluation
+    records (``{"step", "epoch", "split": "val", "miou", ...}``) at theirs, one line per split;
+    an evaluation record without a ``step`` sits at the last training step of its epoch. Only
+    records that carry no step at all are drawn against ``epoch``. The default keys ``("loss",
+    "miou")`` give train loss and val mIoU, both against the step. A key
     with no finite values shows a "no data" panel instead of failing, so a run that has not
     evaluated yet still plots.
 

@@ -177,10 +177,41 @@ def test_import_segcl_viz_does_not_import_matplotlib() -> None:
 def test_curve_series_axes() -> None:
     from segcl.viz import _series_for_key
 
+    # one x axis for every panel: val mIoU (no training values) is placed at the step too
     x_name, lines = _series_for_key(_run_records(), "miou")
-    assert x_name == "epoch" and lines == {"val": [(0.0, 0.3), (1.0, 0.4), (2.0, 0.5)]}
+    assert x_name == "step" and lines == {"val": [(9.0, 0.3), (19.0, 0.4), (29.0, 0.5)]}
     # val loss shares the train loss panel: placed at the last training step of its epoch
     x_name, lines = _series_for_key(_run_records(), "loss")
     assert x_name == "step"
     assert len(lines["train"]) == 30
     assert [x for x, _ in lines["val"]] == [9.0, 19.0, 29.0]
+
+
+def test_curve_series_use_the_steps_evaluation_records_carry() -> None:
+    from segcl.viz import _series_for_key
+
+    # what finetune logs: training records every 12 steps, val records with their own step
+    records = []
+    for epoch in range(4):
+        records.append({"step": 12 * (2 * epoch + 1), "epoch": epoch + 1, "loss": 1.0})
+        records.append({"step": 24 * (epoch + 1), "epoch": epoch + 1, "loss": 0.5})
+        records.append({"step": 24 * (epoch + 1), "epoch": epoch, "split": "val", "miou": 0.1})
+    for key in ("loss", "miou"):
+        assert _series_for_key(records, key)[0] == "step", key
+    assert [x for x, _ in _series_for_key(records, "miou")[1]["val"]] == [24.0, 48.0, 72.0, 96.0]
+    # records without any step (an evaluation-only log) keep the epoch axis
+    epochs_only = [{"epoch": e, "split": "val", "miou": 0.1 * e} for e in range(3)]
+    assert _series_for_key(epochs_only, "miou")[0] == "epoch"
+
+
+def test_curves_of_a_finetune_run_share_the_step_axis(tiny_run) -> None:
+    import json
+
+    from segcl.viz import _series_for_key
+
+    records = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    val_steps = [float(r["step"]) for r in records if r.get("split") == "val"]
+    assert val_steps
+    for key in ("loss", "miou"):
+        assert _series_for_key(records, key)[0] == "step", key
+    assert [x for x, _ in _series_for_key(records, "miou")[1]["val"]] == val_steps
