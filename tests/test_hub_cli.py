@@ -71,6 +71,50 @@ def test_list_shows_entries_and_cache_state(registry: Path, tmp_path: Path,
     assert cached.split("│")[-2].strip() == "yes"
 
 
+def _list_lines(registry: Path, columns: int) -> list[str]:
+    env = {k: v for k, v in client_env("http://127.0.0.1:9", registry.parent / "hf", None,
+                                        offline=True).items()}
+    env["COLUMNS"] = str(columns)
+    proc = subprocess.run([sys.executable, "-m", "segcl", "hub", "list", "--registry",
+                           str(registry)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_list_fits_80_columns_by_dropping_the_last_columns(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.yaml"
+    long_name = "cityscapes-convnext-tiny-deeplabv3plus-1of8-imagenet"
+    imagenet = registry_entry(encoder="convnext_tiny", decoder="deeplabv3plus",
+                              method="supcon+finetune", dataset="cityscapes",
+                              recipe=["segcl finetune {data} --encoder convnext_tiny "
+                                      "--encoder-weights imagenet --out {out}/run"])
+    path.write_text(yaml.safe_dump({"checkpoints": {long_name: imagenet,
+                                                    "camvid-unet": registry_entry()}}))
+    lines = _list_lines(path, 80)
+    assert lines and all(len(line) <= 80 for line in lines), "\n".join(lines)
+    header = next(line for line in lines if "name" in line and "metric" in line)
+    shown = [cell.strip() for cell in header.strip("┃").split("┃")]
+    hidden = list(hub_cli.LIST_COLUMNS[len(shown):])
+    assert shown == list(hub_cli.LIST_COLUMNS[:len(shown)]) and hidden
+    # whole cells, never fragments: each name and its metric stay on one line
+    assert any(long_name in line and "val miou 0.4100" in line for line in lines)
+    caption = " ".join(lines[lines.index(next(x for x in lines if x.startswith("└"))) + 1:])
+    assert "not shown at 80 columns" in caption
+    assert all(c in caption for c in hidden)
+    # shorter names leave room for the encoder and where its weights come from
+    path.write_text(yaml.safe_dump({"checkpoints": {"camvid-unet": registry_entry(),
+                                                    "camvid-imagenet": imagenet}}))
+    lines = _list_lines(path, 80)
+    assert all(len(line) <= 80 for line in lines)
+    assert "imagenet" in next(line for line in lines if "camvid-imagenet" in line)
+    assert "random" in next(line for line in lines if "camvid-unet" in line)
+    # a wide terminal shows every column and no caption
+    wide = _list_lines(path, 200)
+    header = next(line for line in wide if "name" in line and "metric" in line)
+    assert all(c in header for c in hub_cli.LIST_COLUMNS)
+    assert not any("not shown" in line for line in wide)
+
+
 def test_list_empty_registry(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("version: 1\ncheckpoints: {}\n")

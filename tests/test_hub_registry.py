@@ -103,6 +103,12 @@ def test_entry_fields_are_parsed(tmp_path: Path) -> None:
         ({"recipe": ["segcl finetune {dataset}"]}, "recipe", "unknown placeholder"),
         ({"recipe": ["segcl finetune data/camvid"]}, "recipe", "{data} placeholder"),
         ({"published": "yes"}, "published", "true or false"),
+        ({"encoder_weights": "imagenet"}, "encoder_weights",
+         "is 'imagenet' but the recipe passes no --encoder-weights"),
+        ({"encoder_weights": "random",
+          "recipe": ["segcl finetune {data} --encoder-weights imagenet --out {out}/run"]},
+         "encoder_weights", "is 'random' but the recipe passes --encoder-weights imagenet"),
+        ({"encoder_weights": ""}, "encoder_weights", "must be 'random'"),
     ],
 )
 def test_invalid_entries_name_the_entry_and_field(
@@ -116,6 +122,23 @@ def test_invalid_entries_name_the_entry_and_field(
     assert "entry 'camvid-unet'" in message
     assert f"field '{field}'" in message
     assert problem in message
+
+
+def test_encoder_weights_say_which_recipes_assume_imagenet(tmp_path: Path) -> None:
+    imagenet = ["segcl finetune {data} --encoder-weights imagenet:augreg_in21k --out {out}/run",
+                "segcl evaluate {out}/run {data} --json {out}/eval.json"]
+    path = write_registry(tmp_path / "r.yaml", {
+        "random-init": entry(),
+        "from-recipe": entry(recipe=imagenet),
+        "stated": entry(recipe=imagenet, encoder_weights="imagenet:augreg_in21k"),
+    })
+    entries = load_registry(path)
+    assert entries["random-init"].encoder_weights == "random"
+    assert entries["from-recipe"].encoder_weights == "imagenet:augreg_in21k"
+    assert entries["stated"].encoder_weights == "imagenet:augreg_in21k"
+    # the shipped registry states it for every entry
+    shipped = yaml.safe_load((REPO_ROOT / "checkpoints.yaml").read_text())["checkpoints"]
+    assert all("encoder_weights" in raw for raw in shipped.values())
 
 
 def test_unpublished_entry_needs_no_location(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from segcl.cli import options as o
@@ -102,11 +103,44 @@ def pull(
     typer.echo(str(folder))
 
 
+#: ``hub list`` columns, most important first: a narrow terminal drops them from the end
+#: (never the first two), so no cell is squeezed into unreadable fragments
+LIST_COLUMNS = ("name", "metric", "encoder", "weights", "decoder", "method", "dataset",
+                "revision", "cached")
+_KEEP = 2
+
+
+def list_table(rows: list[dict[str, str]], width: int) -> Table:
+    """The ``hub list`` table of ``rows``, fitted to ``width`` characters.
+
+    Columns are dropped from the end of :data:`LIST_COLUMNS` until the table's natural width
+    fits (the caption names them); the first ``_KEEP`` always stay, and a name longer than the
+    terminal then folds inside its column.
+    """
+    kept = list(LIST_COLUMNS)
+    while True:
+        table = Table(title="segcl checkpoints")
+        for column in kept:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(row[c] for c in kept))
+        natural = Measurement.get(stdout, stdout.options.update_width(10**4), table).maximum
+        if natural <= width or len(kept) <= _KEEP:
+            break
+        kept.pop()
+    hidden = [c for c in LIST_COLUMNS if c not in kept]
+    if hidden:
+        table.caption = f"not shown at {width} columns: {', '.join(hidden)}"
+    return table
+
+
 @app.command("list")
 def list_checkpoints(registry: Registry = None) -> None:
     """List the registry's named checkpoints.
 
-    Shows what each one is, its headline metric, its pinned revision and whether it is cached.
+    Shows what each one is, its headline metric, where its encoder started (random or
+    ImageNet weights), its pinned revision and whether it is cached. A narrow terminal drops
+    the last columns (named below the table) instead of wrapping every cell.
     """
     from huggingface_hub import try_to_load_from_cache
 
@@ -117,10 +151,7 @@ def list_checkpoints(registry: Registry = None) -> None:
         where = registry or default_registry_path()
         typer.echo(f"No checkpoints in {where} yet.")
         return
-    table = Table(title="segcl checkpoints")
-    for column in ("name", "encoder", "decoder", "method", "dataset", "metric", "revision",
-                   "cached"):
-        table.add_column(column)
+    rows = []
     for entry in entries.values():
         headline = entry.headline_metric()
         metric = f"{headline[0]} {headline[1]} {headline[2]:.4f}" if headline else "-"
@@ -130,8 +161,11 @@ def list_checkpoints(registry: Registry = None) -> None:
                                          revision=entry.revision)
             cached = "yes" if isinstance(hit, str) else "no"
         revision = entry.revision[:12] if entry.published and entry.revision else "unpublished"
-        table.add_row(entry.name, entry.encoder, entry.decoder, entry.method, entry.dataset,
-                      metric, revision, cached)
+        rows.append({"name": entry.name, "metric": metric, "encoder": entry.encoder,
+                     "weights": entry.encoder_weights, "decoder": entry.decoder,
+                     "method": entry.method, "dataset": entry.dataset, "revision": revision,
+                     "cached": cached})
+    table = list_table(rows, stdout.width)
     stdout.print(table)
 
 

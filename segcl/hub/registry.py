@@ -42,7 +42,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 _REQUIRED = ("encoder", "decoder", "method", "dataset", "classes", "image_size", "metrics",
              "recipe")
-_OPTIONAL = ("repo_id", "revision", "sha256", "published", "notes", "evaluation")
+_OPTIONAL = ("repo_id", "revision", "sha256", "published", "notes", "evaluation",
+             "encoder_weights")
+#: ``encoder_weights`` of an entry whose recipe starts the encoder from random weights
+RANDOM_INIT = "random"
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class RegistryEntry:
     published: bool = False
     notes: str = ""
     evaluation: str = DEFAULT_EVALUATION
+    encoder_weights: str = RANDOM_INIT
 
     @property
     def hf_ref(self) -> str | None:
@@ -199,13 +203,41 @@ def _parse_entry(path: Path, name: str, raw: Any) -> RegistryEntry:
     if not isinstance(evaluation, str):
         raise fail("evaluation", "must be a path template such as '{out}/eval.json'")
     _check_placeholders(evaluation, lambda problem: fail("evaluation", problem))
+    encoder_weights = _parse_encoder_weights(raw.get("encoder_weights"), recipe, fail)
     return RegistryEntry(
         name=name, repo_id=repo_id, revision=revision, sha256=sha256,
         encoder=raw["encoder"], decoder=raw["decoder"], method=raw["method"],
         dataset=raw["dataset"], classes=list(classes), image_size=(size[0], size[1]),
         metrics=metrics, recipe=recipe, published=published, notes=notes,
-        evaluation=evaluation,
+        evaluation=evaluation, encoder_weights=encoder_weights,
     )
+
+
+def recipe_encoder_weights(recipe: list[str]) -> str | None:
+    """The first ``--encoder-weights`` value the recipe's commands pass, if any."""
+    for command in recipe:
+        argv = shlex.split(command)
+        for i, arg in enumerate(argv):
+            if arg == "--encoder-weights" and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith("--encoder-weights="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def _parse_encoder_weights(raw: Any, recipe: list[str], fail: Any) -> str:
+    """Where the recipe's encoder starts: ``random`` or its ``--encoder-weights`` (e.g.
+    ``imagenet``); a value that contradicts the recipe is refused."""
+    used = recipe_encoder_weights(recipe)
+    if raw is None:
+        return used or RANDOM_INIT
+    if not isinstance(raw, str) or not raw.strip():
+        raise fail("encoder_weights", "must be 'random' or the recipe's --encoder-weights value "
+                                      "(e.g. imagenet)")
+    if raw != (used or RANDOM_INIT):
+        passed = f"passes --encoder-weights {used}" if used else "passes no --encoder-weights"
+        raise fail("encoder_weights", f"is '{raw}' but the recipe {passed}")
+    return raw
 
 
 def _parse_metrics(raw: Any, fail: Any) -> dict[str, dict[str, float]]:
