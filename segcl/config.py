@@ -216,6 +216,17 @@ def check_fields(cfg: Any) -> None:
             raise ConfigError(f"{option} must be a number {text}, got {value!r}")
 
 
+def check_encoder_weights(encoder: str, weights: str | None) -> None:
+    """``--encoder-weights imagenet[:TAG]`` must name weights timm has for ``--encoder``
+    (timm's registry, no network); files and Hub references are checked when loaded."""
+    if weights is None:
+        return
+    from segcl.models.weights import timm_pretrained_name, timm_tag
+
+    if timm_tag(weights) is not None:
+        timm_pretrained_name(encoder, weights)
+
+
 @dataclass
 class DataConfig:
     """Where the images are and how they are read.
@@ -366,6 +377,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         parse_every(self.checkpoint_every)
+        check_encoder_weights(self.encoder, self.encoder_weights)
         if self.init_parts != "auto" and not self.init:
             raise ConfigError("--init-parts needs --init (the checkpoint to take the parts from)")
 
@@ -454,6 +466,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         parse_every(self.checkpoint_every)
+        check_encoder_weights(self.encoder, self.encoder_weights)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

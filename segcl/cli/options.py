@@ -74,8 +74,11 @@ LearningRate = Annotated[float, typer.Option(help="Peak learning rate.")]
 WeightDecay = Annotated[float, typer.Option(help="Weight decay (not on norms/biases).")]
 WarmupSteps = Annotated[int, typer.Option(help="Linear warm-up steps before cosine decay.")]
 EncoderWeights = Annotated[str | None, typer.Option(
-    help="Encoder weights from elsewhere: a timm 'hf-hub:' name, hf://user/name or a "
-         ".safetensors file (hub names need network access or a warm cache).")]
+    help="Start the encoder from pretrained weights: 'imagenet' (timm's default weights of "
+         "--encoder, e.g. resnet18.a1_in1k), 'imagenet:TAG' (any timm pretrained tag, e.g. "
+         "imagenet:augreg_in21k), a .safetensors file, hf://user/name or hf-hub:user/name. "
+         "Hub weights (safetensors only) are downloaded once into the Hugging Face cache; "
+         "offline they must be there already.")]
 Cache = Annotated[str, typer.Option(
     help="Keep decoded images in memory: auto (when they fit 1/8 of the memory, at most "
          "4 GiB), on or off. Same results either way.")]

@@ -23,6 +23,9 @@ PRETRAIN_EPILOG = """
 
   segcl pretrain data/camvid --method simclr --epochs 200 --batch-size 32 --out runs/camvid-simclr
 
+  segcl pretrain data/camvid --method supcon --encoder resnet50 --encoder-weights imagenet \\
+      --labeled-fraction 0.125 --out runs/camvid-supcon-in1k
+
   segcl pretrain data/camvid --method supcon --variant batch --max-pixels 10000 \\
       --grid 65x65 --out runs/camvid-supcon-batch
 

@@ -26,6 +26,9 @@ FINETUNE_EPILOG = """
   segcl finetune data/camvid --encoder vit_small_patch16_224 --decoder segformer \\
       --image-size 360x480 --optimizer adamw --lr 0.0002 --out runs/camvid-vit
 
+  # start from timm's ImageNet weights (any timm tag: --encoder-weights imagenet:augreg_in21k)
+  segcl finetune data/camvid --encoder resnet50 --encoder-weights imagenet --out runs/camvid-in1k
+
   segcl finetune --resume --out runs/camvid-ce
 
   # validate every epoch, stop after 5 validations without a better val mIoU

@@ -216,8 +216,15 @@ def checkpoint_config(
     command: str | None = None,
     metrics: dict[str, Any] | None = None,
     heads: list[str] | None = None,
+    encoder_weights: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``config.json`` of a checkpoint: everything needed to rebuild and use the model."""
+    """The ``config.json`` of a checkpoint: everything needed to rebuild and use the model.
+
+    ``encoder_weights`` records where the encoder started (``--encoder-weights``: source, timm
+    tag, Hub repository and commit, sha256 of the file; see
+    :class:`segcl.models.weights.EncoderWeights`); ``None`` for random initialisation (or
+    ``--init``, recorded in the run's ``train`` section).
+    """
     from segcl import __version__
 
     return {
@@ -236,6 +243,7 @@ def checkpoint_config(
         },
         "heads": heads or [],
         "metrics": metrics or {},
+        "encoder_weights": encoder_weights,
     }
 
 

@@ -73,12 +73,21 @@ def load_splits(
     return DataSplits(info=info, labeled=labeled, unlabeled=unlabeled, val=val)
 
 
-def normalization(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Input mean/std of a timm encoder (its pretrained config), ImageNet's otherwise."""
-    try:
-        cfg = timm.get_pretrained_cfg(encoder.split("hf-hub:")[-1])
-    except Exception:
-        cfg = None
+def normalization(
+    encoder: str, encoder_weights: str | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Input mean/std of a timm encoder: those of the pretrained tag ``--encoder-weights
+    imagenet:TAG`` names (e.g. 0.5 for ViT ``augreg`` weights), else of the encoder's default
+    pretrained config, else ImageNet's."""
+    from segcl.models.weights import timm_pretrained_cfg, timm_tag
+
+    if timm_tag(encoder_weights) is not None:
+        cfg = timm_pretrained_cfg(encoder, encoder_weights)  # type: ignore[arg-type]
+    else:
+        try:
+            cfg = timm.get_pretrained_cfg(encoder.split("hf-hub:")[-1])
+        except Exception:
+            cfg = None
     mean = tuple(getattr(cfg, "mean", None) or IMAGENET_MEAN)
     std = tuple(getattr(cfg, "std", None) or IMAGENET_STD)
     return mean, std

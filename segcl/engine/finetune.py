@@ -185,7 +185,7 @@ def _finetune(
     # ---- data --------------------------------------------------------------------------------
     splits = load_splits(cfg.data, cfg.seed)
     info = splits.info
-    mean, std = normalization(cfg.encoder)
+    mean, std = normalization(cfg.encoder, cfg.encoder_weights)
     size = tuple(cfg.data.image_size)
     methods = registry.active(cfg)  # the fine-tuning methods this run composes, in order
     data = FinetuneData(info, splits.labeled, splits.unlabeled, size, mean, std, device,
@@ -217,10 +217,13 @@ def _finetune(
     model_cfg = ModelConfig(encoder=cfg.encoder, decoder=cfg.decoder,
                             num_classes=info.num_classes, decoder_kwargs=dict(cfg.decoder_kwargs))
     model = SegmentationModel(model_cfg)
-    if cfg.encoder_weights:
+    encoder_weights: dict[str, Any] | None = None  # provenance, for config.json
+    if resume:  # the weights come from the run; its checkpoint says where they started
+        encoder_weights = read_config(run.last).get("encoder_weights")
+    elif cfg.encoder_weights:
         from segcl.models.weights import load_encoder_weights
 
-        load_encoder_weights(model.encoder, cfg.encoder_weights)
+        encoder_weights = load_encoder_weights(model.encoder, cfg.encoder_weights).to_dict()
     if cfg.init and not resume:
         initialize_from(model, cfg.init, cfg.init_parts, cb)
     parts: dict[str, nn.Module] = {}
@@ -264,7 +267,8 @@ def _finetune(
 
     def save(folder, metrics: dict[str, Any] | None, with_state: bool) -> None:
         config = checkpoint_config(model_cfg.to_dict(), info, mean, std, size, method="finetune",
-                                   command=cfg.command, metrics=metrics)
+                                   command=cfg.command, metrics=metrics,
+                                   encoder_weights=encoder_weights)
         config["train"] = to_dict(cfg)
         weights = model.state_dict()
         if with_state:  # the methods' heads and queues are not part of the export

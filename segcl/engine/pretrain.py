@@ -185,8 +185,11 @@ class PretrainNet(nn.Module):
         heads: dict[str, nn.Module],
         criteria: dict[str, nn.Module],
         method: PretrainMethod,
+        encoder_weights: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        #: where the encoder started (``--encoder-weights`` provenance for config.json)
+        self.encoder_weights = encoder_weights
         self.encoder = encoder
         self.decoder = decoder
         self.heads = nn.ModuleDict(heads)
@@ -205,13 +208,14 @@ def build_net(
     """Build the encoder/decoder of ``model_cfg`` and the method's heads and losses of ``terms``."""
     method = get_method(cfg)
     base = SegmentationModel(model_cfg)
+    provenance = None
     if cfg.encoder_weights:
         from segcl.models.weights import load_encoder_weights
 
-        load_encoder_weights(base.encoder, cfg.encoder_weights)
+        provenance = load_encoder_weights(base.encoder, cfg.encoder_weights).to_dict()
     heads, criteria = method.heads(cfg, base, terms, ignore_index, gather)
     decoder = base.decoder if method.trains_decoder(terms) else None
-    return PretrainNet(base.encoder, decoder, heads, criteria, method)
+    return PretrainNet(base.encoder, decoder, heads, criteria, method, provenance)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +248,7 @@ def _pretrain(
     method = get_method(cfg)
     data = prepare_data(cfg, device, cb)
     info, terms = data.info, data.terms
-    mean, std = normalization(cfg.encoder)
+    mean, std = normalization(cfg.encoder, cfg.encoder_weights)
     size = tuple(cfg.data.image_size)
     transform = method.transform(cfg, size, mean, std, info.ignore_index)
     train_ds = SegmentationDataset(data.samples, info, transform, seed=cfg.seed,
@@ -288,7 +292,8 @@ def _pretrain(
     def save(folder, with_state: bool) -> None:
         # training losses are not evaluation metrics: they go to "pretrain", not "metrics"
         config = checkpoint_config(model_cfg.to_dict(), info, mean, std, size, method=cfg.method,
-                                   command=cfg.command, heads=list(terms))
+                                   command=cfg.command, heads=list(terms),
+                                   encoder_weights=net.encoder_weights)
         config["pretrain"] = {
             "losses": list(terms), "dropped_losses": data.dropped, "trained": trained,
             "steps": st.step,

@@ -60,11 +60,27 @@ def _front_matter(config: dict[str, Any], title: str) -> dict[str, Any]:
     return front
 
 
+def _encoder_weights(config: dict[str, Any]) -> str | None:
+    """Where the encoder started: ``imagenet (timm/resnet18.a1_in1k@<sha>)``, a file, ``random``;
+    ``None`` when the config does not say (older checkpoints) or ``--init`` gave the weights."""
+    if "encoder_weights" not in config:
+        return None
+    weights = config["encoder_weights"]
+    if not isinstance(weights, dict):
+        init = (config.get("train") or {}).get("init")
+        return None if init else "random"
+    where = weights.get("repo_id")
+    if where and weights.get("revision"):
+        where += f"@{str(weights['revision'])[:12]}"
+    return f"{weights.get('source')}" + (f" ({where})" if where else "")
+
+
 def _details(config: dict[str, Any]) -> list[str]:
     model = config.get("model") or {}
     data = config.get("data") or {}
     rows = [
         ("encoder (timm)", model.get("encoder")),
+        ("encoder weights", _encoder_weights(config)),
         ("decoder", model.get("decoder")),
         ("classes", model.get("num_classes") or len(data.get("classes") or []) or None),
         ("input size (H x W)", " x ".join(map(str, data["image_size"]))

@@ -32,13 +32,20 @@ from segcl.models.pyramid import SCALES, SimpleFeaturePyramid
 DYNAMIC_SIZE = ("dynamic_img_size", "dynamic_img_pad")
 
 
-def _create(name: str, pretrained: bool, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:
-    """``timm.create_model(features_only=True)`` with :data:`DYNAMIC_SIZE` where accepted."""
+def _create(name: str, in_chans: int, kwargs: dict[str, Any],
+            state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """``timm.create_model(features_only=True)`` with :data:`DYNAMIC_SIZE` where accepted.
+
+    ``state``: a state dict that timm loads as it loads its pretrained weights (its filters
+    applied: position embeddings, first convolution for ``in_chans``); random weights without.
+    """
     extra = {k: True for k in DYNAMIC_SIZE if k not in kwargs}
+    weights: dict[str, Any] = ({"pretrained": True, "pretrained_cfg_overlay": {"state_dict": state}}
+                               if state is not None else {"pretrained": False})
     while True:
         try:
-            return timm.create_model(name, features_only=True, pretrained=pretrained,
-                                     in_chans=in_chans, **kwargs, **extra)
+            return timm.create_model(name, features_only=True, in_chans=in_chans, **weights,
+                                     **kwargs, **extra)
         except TypeError as err:
             rejected = [k for k in extra if f"'{k}'" in str(err)]
             if not rejected:
@@ -53,7 +60,9 @@ class TimmEncoder(nn.Module):
 
     Args:
         name: any timm model name (``resnet18``, ``convnext_tiny``, ``hf-hub:...``).
-        pretrained: load timm's pretrained weights (needs network access or a warm cache).
+        pretrained: load timm's default pretrained weights (``--encoder-weights imagenet``: the
+            safetensors file from the Hugging Face Hub or its local cache; see
+            :mod:`segcl.models.weights`).
         in_chans: number of input channels.
         pyramid: for a plain encoder (every map at one stride, e.g. a ViT), replace its maps by a
             :class:`~segcl.models.pyramid.SimpleFeaturePyramid` of its last map. Hierarchical
@@ -65,17 +74,12 @@ class TimmEncoder(nn.Module):
     def __init__(self, name: str, pretrained: bool = False, in_chans: int = 3,
                  pyramid: bool = True, pyramid_channels: int = 256, **kwargs: Any):
         super().__init__()
+        self._in_chans, self._kwargs = in_chans, dict(kwargs)
         try:
-            self.model = _create(name, pretrained, in_chans, kwargs)
+            self.model = _create(name, in_chans, kwargs)
         except RuntimeError as err:
             if "Unknown model" in str(err) or "Invalid pretrained tag" in str(err):
                 raise ConfigError(f"unknown timm encoder '{name}' ({err})") from err
-            raise
-        except (OSError, ValueError) as err:
-            if pretrained:
-                raise ConfigError(
-                    f"could not fetch pretrained weights for encoder '{name}': {err}"
-                ) from err
             raise
         self.name = name
         self.channels: list[int] = list(self.model.feature_info.channels())
@@ -90,6 +94,16 @@ class TimmEncoder(nn.Module):
             # stride = den / num in integers (num = 8 * scale, den = 8 * patch), so that
             # ceil(h / stride) = ceil(h * num / den) is integer arithmetic (exportable)
             self._crop = [(round(8 * s), 8 * int(patch)) for s in SCALES]
+        if pretrained:  # one loader for every source: safetensors only, never pickles
+            from segcl.models.weights import TIMM_WEIGHTS, load_encoder_weights
+
+            load_encoder_weights(self, name if name.startswith("hf-hub:") else TIMM_WEIGHTS)
+
+    def timm_model(self, name: str, state: dict[str, torch.Tensor]) -> nn.Module:
+        """timm's feature extractor ``name`` (e.g. this encoder's architecture with a pretrained
+        tag) with this encoder's options, built from ``state`` as timm builds pretrained models;
+        its ``state_dict`` fits :attr:`model`."""
+        return _create(name, self._in_chans, self._kwargs, state)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps, shallowest first, each ``(B, channels[i], H / strides[i], ...)``."""
