@@ -51,6 +51,7 @@ CHECKS: dict[str, dict[str, str]] = {
                        "strength": "nonneg", "pseudo_threshold": "probability",
                        "pseudo_background_threshold": "probability", "log_every": "positive",
                        "save_every_s": "positive", "seed": "nonneg"},
+    "ExportConfig": {"check_count": "positive", "max_diff": "positive", "batch_size": "positive"},
 }
 
 #: CLI spellings that differ from ``--field-name``
@@ -467,6 +468,57 @@ class PretrainConfig:
         check_fields(self)
         parse_every(self.checkpoint_every)
         check_encoder_weights(self.encoder, self.encoder_weights)
+
+
+EXPORT_FORMATS = ("onnx",)
+#: opsets the exporter writes: 11 is the first with the dynamic-size Resize the decoders need,
+#: 20 the last that torch's TorchScript-based ONNX exporter supports
+EXPORT_OPSETS = (11, 20)
+
+
+@dataclass
+class ExportConfig:
+    """``segcl export``: a trained model as a file for inference outside PyTorch.
+
+    Attributes:
+        model: run or checkpoint folder, ``hf://user/name[@revision]`` or a registry name.
+        out: the file to write (``.onnx``; ``predict`` recognises ONNX models by the suffix).
+        format: ``onnx``.
+        opset: the ONNX opset of the graph (:data:`EXPORT_OPSETS`).
+        check: run the exported model with onnxruntime next to PyTorch and compare the logits.
+        check_images: image files / a folder for the check; ``None``: the validation images of
+            the checkpoint's dataset when they are found, else generated images.
+        check_count: how many images the check uses.
+        max_diff: largest accepted max |logit difference| between onnxruntime and PyTorch.
+        batch_size: images per forward pass of the check.
+    """
+
+    model: str = ""
+    out: str = "model.onnx"
+    format: str = "onnx"
+    opset: int = 17
+    check: bool = True
+    check_images: str | None = None
+    check_count: int = 8
+    max_diff: float = 1e-3
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.format not in EXPORT_FORMATS:
+            raise ConfigError(f"--format must be one of: {', '.join(EXPORT_FORMATS)}; got "
+                              f"'{self.format}'")
+        low, high = EXPORT_OPSETS
+        if (isinstance(self.opset, bool) or not isinstance(self.opset, int)
+                or not low <= self.opset <= high):
+            raise ConfigError(f"--opset must be an integer from {low} to {high}, got "
+                              f"{self.opset!r}")
+        if not str(self.out).lower().endswith(".onnx"):
+            raise ConfigError(f"--out must name an .onnx file (predict recognises ONNX models by "
+                              f"the suffix), got '{self.out}'")
+        if not self.model:
+            raise ConfigError("missing MODEL (a run or checkpoint folder, hf://user/name or a "
+                              "registry name)")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

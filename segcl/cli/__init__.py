@@ -43,12 +43,13 @@ def _root(
 
 
 def _register() -> None:
-    from segcl.cli import demo, infer, pretrain, train
+    from segcl.cli import demo, export, infer, pretrain, train
     from segcl.cli.hub import app as hub_app
 
     pretrain.register(app)
     train.register(app)
     infer.register(app)
+    export.register(app)
     demo.register(app)
     app.add_typer(hub_app, name="hub", help="Push, pull, list and rebuild named checkpoints.")
 

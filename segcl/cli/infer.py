@@ -35,10 +35,14 @@ PREDICT_EPILOG = """
 
   # read the probabilities back (C x H x W), one class plane without loading the rest
   python -c "import numpy as np; p = np.load('masks/img1_probs.npy', mmap_mode='r'); print(p[2])"
+
+  # an exported model (segcl export), run by onnxruntime: same masks, no PyTorch model code
+  segcl predict camvid.onnx photos/ --out masks/ --device cpu
 """
 
 Model = Annotated[str, typer.Argument(help="Run directory, checkpoint folder, hf://user/name"
-                                           "[@revision] or a registry name.")]
+                                           "[@revision], a registry name, or an .onnx file "
+                                           "from `segcl export` (run by onnxruntime).")]
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:

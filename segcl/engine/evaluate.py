@@ -86,7 +86,8 @@ def evaluate(
     callback: Callback | None = None,
     tta: TTAConfig | str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a model reference on one split of a dataset (the model's classes and ignore index).
+    """Evaluate a model reference (or an ``.onnx`` file from ``segcl export``) on one split of a
+    dataset (the model's classes and ignore index).
 
     ``tta``: test-time augmentation, a :class:`~segcl.config.TTAConfig` or its ``--tta`` text
     (``"flip,scales=0.75,1,1.25"``); the views' probabilities are averaged.
@@ -95,12 +96,11 @@ def evaluate(
     ``num_images`` and ``tta`` (the spec used, ``"none"`` without).
     """
     from segcl.data import load_samples, validate_samples
-    from segcl.engine.checkpoint import load_model
-    from segcl.engine.runtime import amp_dtype, resolve_device
+    from segcl.engine.inference import load_for_inference
+    from segcl.engine.runtime import amp_dtype
 
     views = TTAConfig.parse(tta)  # a bad spec fails before the model is loaded
-    dev = resolve_device(device)
-    model, config = load_model(model_ref, dev)
+    model, config, dev = load_for_inference(model_ref, device)
     d = config["data"]
     info = DatasetInfo(classes=d["classes"], ignore_index=d["ignore_index"],
                        palette=d.get("palette"), name=config.get("dataset"))

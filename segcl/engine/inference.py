@@ -16,15 +16,53 @@ ttach do). :func:`infer_logits` is the one entry point of predict, evaluate and 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from segcl.config import TTAConfig
+from segcl.data.transforms import EvalTransform
 from segcl.errors import ConfigError
 
 EVAL_MODES = ("resize", "slide")
+
+
+def input_transform(
+    config: dict[str, Any], mode: str = "resize", size: tuple[int, int] | None = None
+) -> EvalTransform:
+    """The inference preprocessing a checkpoint's ``config.json`` asks for, for every backend
+    (PyTorch or ONNX): resize to ``size`` (default: the training ``image_size``; none for
+    ``slide``) and normalise with the checkpoint's mean / std."""
+    data = config["data"]
+    if mode == "resize" and size is None:
+        size = tuple(data["image_size"])  # type: ignore[assignment]
+    return EvalTransform(size if mode == "resize" else None, mean=tuple(data["mean"]),
+                         std=tuple(data["std"]))
+
+
+def load_for_inference(
+    ref: str | Path, device: str = "auto"
+) -> tuple[nn.Module, dict[str, Any], torch.device]:
+    """A model to predict or evaluate with, its checkpoint config and its device.
+
+    ``ref`` is any model reference (:func:`segcl.engine.checkpoint.load_model`) or an ``.onnx``
+    file written by ``segcl export`` (run by onnxruntime: :mod:`segcl.engine.onnx_model`).
+    """
+    from segcl.engine.onnx_model import is_onnx_ref
+
+    if is_onnx_ref(ref):
+        from segcl.engine.onnx_model import load_onnx_model
+
+        return load_onnx_model(ref, device)
+    from segcl.engine.checkpoint import load_model
+    from segcl.engine.runtime import resolve_device
+
+    dev = resolve_device(device)
+    model, config = load_model(ref, dev)
+    return model, config, dev
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

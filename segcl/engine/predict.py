@@ -36,7 +36,7 @@ import torch
 from segcl.config import TTAConfig
 from segcl.data import EvalTransform, find_images, read_image, write_mask
 from segcl.engine.callbacks import Callback
-from segcl.engine.inference import infer_logits, resize_logits
+from segcl.engine.inference import infer_logits, input_transform, resize_logits
 from segcl.engine.runtime import autocast
 from segcl.errors import DataError
 from segcl.fileio import atomic_write
@@ -142,8 +142,7 @@ def predict_files(
     files = find_images(inputs)
     data = config["data"]
     window = tuple(data["image_size"])
-    size = window if mode == "resize" else None
-    transform = EvalTransform(size, mean=tuple(data["mean"]), std=tuple(data["std"]))
+    transform = input_transform(config, mode)
     palette = [tuple(c) for c in data["palette"]] if data.get("palette") else None
     if palette is None:
         from segcl.viz import default_palette
@@ -249,18 +248,19 @@ def predict(
     save_probs: bool = False,
     color: bool = False,
 ) -> PredictResult:
-    """Load a model reference and predict masks for ``inputs`` (files and folders).
+    """Load a model reference (or an ``.onnx`` file from ``segcl export``, run by onnxruntime
+    with the same pre- and post-processing) and predict masks for ``inputs`` (files and
+    folders).
 
     ``tta``: a :class:`~segcl.config.TTAConfig` or its ``--tta`` text
     (``"flip,scales=0.75,1,1.25"``). ``save_probs`` / ``color``: also write the per-class
     probabilities (``NAME_probs.npy``) / an RGB colour mask (``NAME_color.png``).
     """
-    from segcl.engine.checkpoint import load_model
-    from segcl.engine.runtime import amp_dtype, resolve_device
+    from segcl.engine.inference import load_for_inference
+    from segcl.engine.runtime import amp_dtype
 
     views = TTAConfig.parse(tta)  # a bad spec fails before the model is loaded
-    dev = resolve_device(device)
-    model, config = load_model(model_ref, dev)
+    model, config, dev = load_for_inference(model_ref, device)
     return predict_files(model, config, inputs, out_dir, batch_size=batch_size, device=dev,
                          mode=mode, overlay=overlay, threads=threads, amp=amp_dtype(dev, amp),
                          channels_last=dev.type == "cuda", callback=callback, tta=views,
