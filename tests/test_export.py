@@ -191,3 +191,30 @@ def test_bad_options_and_foreign_onnx_files(tiny_run, tmp_path) -> None:
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
     with pytest.raises(CheckpointError, match="onnxruntime cannot load it"):
         predict(str(tmp_path / "broken.onnx"), [tmp_path], tmp_path / "p", device="cpu")
+
+
+def test_a_vit_exports_with_the_sizes_its_graph_supports(tmp_path) -> None:
+    """A traced ViT adds position embeddings of one grid size: unless the graph generalises, the
+    export falls back to fixed height and width (checked at the training size)."""
+    from segcl.data.info import DatasetInfo
+    from segcl.engine.checkpoint import checkpoint_config, save_checkpoint
+    from segcl.engine.onnx_model import load_onnx_model
+    from segcl.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("test_vit", "unet", 3)
+    info = DatasetInfo(classes=["a", "b", "c"], ignore_index=255)
+    config = checkpoint_config(model.config.to_dict(), info, (0.5,) * 3, (0.5,) * 3, (160, 160),
+                               "finetune")
+    save_checkpoint(tmp_path / "vit", model.state_dict(), config)
+    out = tmp_path / "vit.onnx"
+    result = export(ExportConfig(model=str(tmp_path / "vit"), out=str(out), check_count=2))
+    assert result.ok and result.checks[0].size == (160, 160)
+    assert result.checks[0].max_abs_diff < 1e-4
+    onnx_model, _, _ = load_onnx_model(out, "cpu")
+    if result.dynamic_axes == ["batch"]:
+        assert _metadata(out)[META_DYNAMIC] == "batch" and len(result.checks) == 1
+        with pytest.raises(ConfigError, match="takes 160x160 inputs only"):
+            onnx_model(torch.zeros(1, 3, 176, 192))
+    else:  # a ViT that takes any size: checked at a second size as well
+        assert [c.size for c in result.checks] == [(160, 160), (176, 192)]

@@ -20,7 +20,7 @@ EXPORT_EPILOG = """
   # then predict with onnxruntime (CPU, or CUDA with onnxruntime-gpu and --device cuda)
   segcl predict camvid.onnx photos/ --out masks/
 
-Needs the onnx extra: pip install 'segcl[onnx]'.
+Needs the onnx extra: pip install 'segcl\\[onnx]'.
 """
 
 
@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
     @app.command(epilog=EXPORT_EPILOG)
     def export(
         model: Annotated[str, typer.Argument(help="Run directory, checkpoint folder, "
-                                                  "hf://user/name[@revision] or a registry "
+                                                  "hf://user/name\\[@revision] or a registry "
                                                   "name.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")]
         = Path("model.onnx"),

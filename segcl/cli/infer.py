@@ -41,7 +41,7 @@ PREDICT_EPILOG = """
 """
 
 Model = Annotated[str, typer.Argument(help="Run directory, checkpoint folder, hf://user/name"
-                                           "[@revision], a registry name, or an .onnx file "
+                                           "\\[@revision], a registry name, or an .onnx file "
                                            "from `segcl export` (run by onnxruntime).")]
 
 
@@ -139,6 +139,8 @@ def register(app: typer.Typer) -> None:
         """Write a palette PNG mask (original size, relative paths kept) for every input image.
 
         Files that cannot be read are listed at the end; the exit status is 1 if any failed.
+        An .onnx model (segcl export) runs in onnxruntime with the same pre- and
+        post-processing: on the CPU, or on CUDA with onnxruntime-gpu (--device cuda, or auto).
         """
         from segcl.config import TTAConfig
         from segcl.engine.predict import predict as run_predict

@@ -84,7 +84,7 @@ class OnnxModel(nn.Module):
         ort = onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        options.log_severity_level = 3  # errors only
+        options.log_severity_level = 4  # fatal only: errors reach the caller as exceptions
         source = model if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(source, options,
