@@ -516,9 +516,6 @@ class ExportConfig:
         if not str(self.out).lower().endswith(".onnx"):
             raise ConfigError(f"--out must name an .onnx file (predict recognises ONNX models by "
                               f"the suffix), got '{self.out}'")
-        if not self.model:
-            raise ConfigError("missing MODEL (a run or checkpoint folder, hf://user/name or a "
-                              "registry name)")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -257,3 +257,18 @@ def test_download_once_then_offline_from_the_cache(tmp_path) -> None:
         refused = run(LOAD, endpoint=hub.url)
     assert "has no such file (segcl reads safetensors only)" in refused["error"]
     assert not list(hf_home.rglob("pytorch_model.bin"))
+
+
+def test_pretrain_net_records_the_weights(offline_cache) -> None:
+    from segcl.config import PretrainConfig
+    from segcl.engine.pretrain import build_net
+    from segcl.models import ModelConfig
+
+    state, blob = timm_weights("test_resnet", seed=5)
+    hf_cache(offline_cache, "timm/test_resnet.r160_in1k", {"model.safetensors": blob})
+    cfg = PretrainConfig(method="simclr", encoder="test_resnet", encoder_weights="imagenet")
+    net = build_net(cfg, ModelConfig(encoder="test_resnet", num_classes=0), ["global"], 255,
+                    gather=False)
+    assert net.encoder_weights["timm_name"] == "test_resnet.r160_in1k"
+    assert net.encoder_weights["revision"] == COMMIT
+    assert torch.equal(net.encoder.model.state_dict()["conv1.0.weight"], state["conv1.0.weight"])
