@@ -193,28 +193,31 @@ def test_bad_options_and_foreign_onnx_files(tiny_run, tmp_path) -> None:
         predict(str(tmp_path / "broken.onnx"), [tmp_path], tmp_path / "p", device="cpu")
 
 
-def test_a_vit_exports_with_the_sizes_its_graph_supports(tmp_path) -> None:
-    """A traced ViT adds position embeddings of one grid size: unless the graph generalises, the
-    export falls back to fixed height and width (checked at the training size)."""
+@pytest.mark.parametrize("size", [(160, 160), (96, 128)])
+def test_a_vit_exports_with_the_sizes_its_graph_supports(tmp_path, size) -> None:
+    """A ViT resamples its position embeddings to the input's grid (antialiased bicubic, which
+    the exporter cannot convert; at its pretraining size the trace leaves it out and the graph
+    does not generalise): the export falls back to fixed height and width, checked at the
+    training size, with the embeddings resampled once in PyTorch."""
     from segcl.data.info import DatasetInfo
     from segcl.engine.checkpoint import checkpoint_config, save_checkpoint
     from segcl.engine.onnx_model import load_onnx_model
     from segcl.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("test_vit", "unet", 3)
+    model = create_model("test_vit", "segformer", 3)
     info = DatasetInfo(classes=["a", "b", "c"], ignore_index=255)
-    config = checkpoint_config(model.config.to_dict(), info, (0.5,) * 3, (0.5,) * 3, (160, 160),
+    config = checkpoint_config(model.config.to_dict(), info, (0.5,) * 3, (0.5,) * 3, size,
                                "finetune")
     save_checkpoint(tmp_path / "vit", model.state_dict(), config)
     out = tmp_path / "vit.onnx"
     result = export(ExportConfig(model=str(tmp_path / "vit"), out=str(out), check_count=2))
-    assert result.ok and result.checks[0].size == (160, 160)
-    assert result.checks[0].max_abs_diff < 1e-4
+    assert result.ok and result.checks[0].size == size
+    assert result.checks[0].max_abs_diff < 1e-4 and result.checks[0].argmax_agreement == 1.0
     onnx_model, _, _ = load_onnx_model(out, "cpu")
     if result.dynamic_axes == ["batch"]:
         assert _metadata(out)[META_DYNAMIC] == "batch" and len(result.checks) == 1
-        with pytest.raises(ConfigError, match="takes 160x160 inputs only"):
-            onnx_model(torch.zeros(1, 3, 176, 192))
-    else:  # a ViT that takes any size: checked at a second size as well
-        assert [c.size for c in result.checks] == [(160, 160), (176, 192)]
+        with pytest.raises(ConfigError, match=f"takes {size[0]}x{size[1]} inputs only"):
+            onnx_model(torch.zeros(1, 3, size[0] + 16, size[1] + 32))
+    else:  # an exporter that converts the resampling: checked at a second size as well
+        assert [c.size for c in result.checks] == [size, (size[0] + 16, size[1] + 32)]

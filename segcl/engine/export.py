@@ -18,10 +18,14 @@ the largest absolute logit difference and the share of pixels whose arg-max clas
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import json
+import os
+import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,8 +73,39 @@ class ExportResult:
         return all(c.max_abs_diff <= self.max_diff for c in self.checks)
 
 
+class _ExportFailed(Exception):
+    """The exporter could not convert the traced graph (first line of its message)."""
+
+
+@contextlib.contextmanager
+def _native_output_silenced() -> Iterator[None]:
+    """Discard what native code writes to the process's stdout and stderr meanwhile: torch's
+    TorchScript exporter dumps the whole graph there when it fails, whatever ``verbose`` says
+    (the failure itself is reported as an exception)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
 def _trace(model: nn.Module, example: torch.Tensor, opset: int, dynamic_size: bool) -> bytes:
-    """The ONNX graph of ``model`` traced on ``example`` (serialised)."""
+    """The ONNX graph of ``model`` traced on ``example`` (serialised).
+
+    Raises:
+        _ExportFailed: the exporter does not support an operator of the graph (e.g. the
+            antialiased bicubic resampling of a ViT's position embeddings at a dynamic size).
+    """
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     # torch >= 2.5 has both exporters (the torch.export-based one by default from 2.9)
     legacy = ({"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters
@@ -78,10 +113,57 @@ def _trace(model: nn.Module, example: torch.Tensor, opset: int, dynamic_size: bo
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # tracer and deprecation notices are not the user's concern
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buffer, opset_version=opset, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
-                          do_constant_folding=True, **legacy)
+        try:
+            with _native_output_silenced():
+                torch.onnx.export(model, (example,), buffer, opset_version=opset, verbose=False,
+                                  input_names=["image"], output_names=["logits"],
+                                  dynamic_axes={"image": axes, "logits": axes},
+                                  do_constant_folding=True, **legacy)
+        except RuntimeError as err:  # torch.onnx's errors derive from it
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise _ExportFailed(first) from err
     return buffer.getvalue()
+
+
+def _fixed_size_model(model: nn.Module, size: tuple[int, int]) -> tuple[nn.Module, Any]:
+    """``model`` for an export at one input size, and a context to trace it in.
+
+    A timm ViT built for any input size resamples its position embeddings to the input's patch
+    grid on every forward (antialiased bicubic, which the exporter does not support), and timm
+    keeps that resampling in traced graphs. At one size it is a constant: a copy of the model
+    gets its embeddings resampled once, in PyTorch (timm's ``set_input_size``, the same
+    function), and the trace runs with timm's size-match shortcut on. Other models are returned
+    as they are.
+    """
+    import copy
+    import math
+
+    vits = [m for m in model.modules()
+            if getattr(m, "dynamic_img_size", False) and hasattr(m, "set_input_size")]
+    if not vits:
+        return model, contextlib.nullcontext()
+    fixed = copy.deepcopy(model)
+    for m in fixed.modules():
+        if getattr(m, "dynamic_img_size", False) and hasattr(m, "set_input_size"):
+            ph, pw = m.patch_embed.patch_size
+            m.set_input_size(img_size=(math.ceil(size[0] / ph) * ph,
+                                       math.ceil(size[1] / pw) * pw))
+    try:
+        from unittest import mock
+
+        import timm.layers.pos_embed as pos_embed
+
+        shortcut = mock.patch.object(pos_embed, "is_exporting", lambda: False)
+    except (ImportError, AttributeError):
+        shortcut = contextlib.nullcontext()
+    return fixed, shortcut
+
+
+def _trace_fixed(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
+    """:func:`_trace` at the size of ``example`` only (height and width fixed)."""
+    fixed, context = _fixed_size_model(model, tuple(example.shape[-2:]))  # type: ignore[arg-type]
+    with context:
+        return _trace(fixed, example, opset, dynamic_size=False)
 
 
 def _with_metadata(graph: bytes, config: dict[str, Any], cfg: ExportConfig,
@@ -202,15 +284,34 @@ def export(cfg: ExportConfig, callback: Callback | None = None) -> ExportResult:
                               "fine-tune it, then export the fine-tuned model")
     size: tuple[int, int] = tuple(config["data"]["image_size"])  # type: ignore[assignment]
     second = _second_size(model, size)
-    dynamic = _runs_at(model, second)
     example = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
-    blob = _with_metadata(_trace(model, example, cfg.opset, dynamic), config, cfg, dynamic)
+
+    def fixed() -> bytes:
+        cb.on_message(f"height and width fixed at {size[0]}x{size[1]} (the batch stays "
+                      "dynamic)")
+        try:
+            return _with_metadata(_trace_fixed(model, example, cfg.opset), config, cfg, False)
+        except _ExportFailed as err:
+            raise CheckpointError(f"{cfg.model}: cannot be exported to ONNX opset {cfg.opset} "
+                                  f"({err})") from None
+
+    dynamic = _runs_at(model, second)
+    blob = b""
+    if dynamic:
+        try:
+            blob = _with_metadata(_trace(model, example, cfg.opset, True), config, cfg, True)
+        except _ExportFailed as err:
+            cb.on_message(f"no export with a dynamic height and width ({err})")
+            dynamic = False
+    if not dynamic:
+        blob = fixed()
 
     images_source, checks = None, []
     if cfg.check:
         images, images_source = check_images(cfg, config)
         cb.on_message(f"checking the export on {len(images)} images ({images_source})")
         at_size = _batches(images, config, size, cfg.batch_size)
+        other = None
         if dynamic:  # does the traced graph generalise to another size?
             try:
                 other = compare(model, OnnxModel(blob), _batches(images, config, second,
@@ -218,15 +319,13 @@ def export(cfg: ExportConfig, callback: Callback | None = None) -> ExportResult:
             except Exception:  # onnxruntime's own error types: the traced shapes do not fit
                 other = None
             if other is None or other.max_abs_diff > cfg.max_diff:
-                cb.on_message("the graph does not generalise to other input sizes: height and "
-                              f"width fixed at {size[0]}x{size[1]}")
-                dynamic = False
-                blob = _with_metadata(_trace(model, example, cfg.opset, False), config, cfg,
-                                      False)
+                cb.on_message("the graph does not generalise to other input sizes")
+                dynamic, other = False, None
+                blob = fixed()
         exported = OnnxModel(blob, fixed_size=None if dynamic else size)
         checks.append(compare(model, exported, at_size))
-        if dynamic:
-            checks.append(other)  # type: ignore[arg-type]
+        if other is not None:
+            checks.append(other)
 
     out = Path(cfg.out)
     atomic_write(out, lambda tmp: tmp.write_bytes(blob))
