@@ -210,8 +210,10 @@ def test_mlflow_store_errors_are_one_line(synthetic_data, tmp_path, monkeypatch,
 
     if int(mlflow.__version__.split(".")[0]) < 3:
         pytest.skip("MLflow 2 accepts file stores")
+    out = tmp_path / "x"
     with pytest.raises(ConfigError, match="--logger mlflow: tracking store file:"):
-        finetune(_cfg(synthetic_data, tmp_path / "x", ["mlflow"], steps=1))
+        finetune(_cfg(synthetic_data, out, ["mlflow"], steps=1))
+    assert not (out / "config.yaml").exists()  # the folder holds no run: try again as it is
 
 
 # ---- Weights & Biases --------------------------------------------------------------------------

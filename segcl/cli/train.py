@@ -125,8 +125,9 @@ def register(app: typer.Typer) -> None:
                            "the --ohem-min-kept hardest per image.")] = False,
         ohem_threshold: Annotated[float, typer.Option(help="OHEM probability "
                                                            "threshold.")] = 0.7,
-        ohem_min_kept: Annotated[int, typer.Option(help="OHEM: pixels kept at least, per "
-                                                        "image.")] = 10000,
+        ohem_min_kept: Annotated[int, typer.Option(
+            help="OHEM: pixels kept at least, per image (about a fifth of a 192x256 crop, as "
+                 "mmseg's 100000 of 512x1024; scale it with --image-size).")] = 10000,
         focal_gamma: Annotated[float, typer.Option(help="Focusing parameter gamma of --loss "
                                                         "focal.")] = 2.0,
         logger: o.Logger = "jsonl",

@@ -265,12 +265,12 @@ def _finetune(
     if ctx.enabled:
         cb.on_message(f"training on {ctx.world} processes, batch {batch_size} per process")
     cfg = replace(cfg, steps=total_steps)
-    if ctx.is_main:
-        save_yaml(cfg, run.path / "config.yaml")
+    if ctx.is_main:  # the loggers first: one that cannot start leaves no config.yaml behind
         previews = (ValPreviews(model, splits.val, info, size, mean, std, device, amp,
                                 cfg.log_images) if cfg.log_images else None)
         cb.on_run(RunInfo(run.path, "finetune", resume, st.step, to_dict(cfg), info.classes,
                           info.palette, info.ignore_index, previews))
+        save_yaml(cfg, run.path / "config.yaml")
 
     def save(folder, metrics: dict[str, Any] | None, with_state: bool) -> None:
         config = checkpoint_config(model_cfg.to_dict(), info, mean, std, size, method="finetune",

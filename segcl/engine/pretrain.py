@@ -281,10 +281,10 @@ def _pretrain(
     model = distributed.wrap(net, ctx)
     trained = ["encoder"] + (["decoder"] if net.decoder is not None else [])
     cfg = replace(cfg, steps=total_steps, losses=list(terms))
-    if ctx.is_main:
-        save_yaml(cfg, run.path / "config.yaml")
+    if ctx.is_main:  # the loggers first: one that cannot start leaves no config.yaml behind
         cb.on_run(RunInfo(run.path, "pretrain", resume, st.step, to_dict(cfg), info.classes,
                           info.palette, info.ignore_index))
+        save_yaml(cfg, run.path / "config.yaml")
     last_logs: dict[str, float] = {}
 
     def save(folder, with_state: bool) -> None:
