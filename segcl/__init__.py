@@ -24,6 +24,7 @@ _API = {
     "DataConfig": "segcl.config",
     "OptimConfig": "segcl.config",
     "ContrastConfig": "segcl.config",
+    "LossConfig": "segcl.config",
     "FinetuneConfig": "segcl.config",
     "PretrainConfig": "segcl.config",
     "TTAConfig": "segcl.config",

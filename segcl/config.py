@@ -19,6 +19,12 @@ from segcl.errors import ConfigError
 
 T = TypeVar("T")
 
+#: ``finetune --loss``: the labelled images' loss (:mod:`segcl.losses.segmentation`)
+SUPERVISED_LOSSES = ("ce", "dice", "focal", "ce+dice")
+#: ``--logger``: where the scalars (and validation previews) go (:mod:`segcl.loggers`). ``jsonl``
+#: (the run's ``metrics.jsonl``) is always written: ``--resume`` and the plots read it.
+LOGGERS = ("jsonl", "tensorboard", "mlflow", "wandb")
+
 #: Fields that are tuples even where their default is ``None`` (YAML stores lists).
 TUPLE_FIELDS = ("image_size", "scale", "grid", "crop_scale")
 
@@ -44,7 +50,9 @@ CHECKS: dict[str, dict[str, str]] = {
                        "pseudo_threshold": "probability",
                        "pseudo_background_threshold": "probability",
                        "brightness": "nonneg", "contrast_jitter": "nonneg", "seed": "nonneg",
-                       "patience": "nonneg"},
+                       "patience": "nonneg", "log_images": "nonneg"},
+    "LossConfig": {"focal_gamma": "nonneg", "ohem_threshold": "probability",
+                   "ohem_min_kept": "nonneg"},
     "PretrainConfig": {"epochs": "positive", "steps": "positive", "batch_size": "positive",
                        "temperature": "positive", "grid": "size", "max_pixels": "positive",
                        "local_grid": "positive", "proj_dim": "positive", "pixel_dim": "positive",
@@ -54,8 +62,17 @@ CHECKS: dict[str, dict[str, str]] = {
     "ExportConfig": {"check_count": "positive", "max_diff": "positive", "batch_size": "positive"},
 }
 
+#: Fields whose value is one name from a fixed vocabulary (for a list field: each item).
+CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "LossConfig": {"name": SUPERVISED_LOSSES},
+    "FinetuneConfig": {"loggers": LOGGERS},
+    "PretrainConfig": {"loggers": LOGGERS},
+}
+
 #: CLI spellings that differ from ``--field-name``
-OPTION_NAMES = {"SemiConfig.threshold": "--semi-threshold", "SemiConfig.weight": "--semi-weight",
+OPTION_NAMES = {"LossConfig.name": "--loss", "FinetuneConfig.loggers": "--logger",
+                "PretrainConfig.loggers": "--logger",
+                "SemiConfig.threshold": "--semi-threshold", "SemiConfig.weight": "--semi-weight",
                 "SemiConfig.strong_views": "--semi-views", "SemiConfig.cutmix": "--semi-cutmix",
                 "SemiConfig.warmup_steps": "--semi-warmup",
                 "SemiConfig.batch_size": "--unlabeled-batch-size",
@@ -196,8 +213,20 @@ def _tta_number(token: str, spec: str) -> float:
             from None
 
 
+def _check_choices(cfg: Any) -> None:
+    cls = type(cfg).__name__
+    for name, allowed in CHOICES.get(cls, {}).items():
+        value = getattr(cfg, name)
+        option = OPTION_NAMES.get(f"{cls}.{name}", "--" + name.replace("_", "-"))
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item not in allowed:
+                raise ConfigError(f"{option} must be one of {', '.join(allowed)}, got {item!r}")
+
+
 def check_fields(cfg: Any) -> None:
-    """Check ``cfg``'s numeric fields against :data:`CHECKS` (ConfigError naming the option)."""
+    """Check ``cfg``'s numeric fields against :data:`CHECKS` and its names against
+    :data:`CHOICES` (ConfigError naming the option)."""
+    _check_choices(cfg)
     cls = type(cfg).__name__
     for name, rule in CHECKS.get(cls, {}).items():
         value = getattr(cfg, name)
@@ -335,10 +364,73 @@ class SemiConfig:
         check_fields(self)
 
 
+def _class_weights(value: Any) -> str | list[float] | None:
+    """``None``, ``"auto"``, or one weight >= 0 per class (a list, or the flag's ``"1,2.5,1"``)."""
+    if value is None or value == "auto":
+        return value
+    bad = ConfigError("--class-weights must be 'auto' or comma-separated numbers >= 0, one per "
+                      f"class (not all 0), got {value!r}")
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise bad
+    try:
+        weights = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise bad from None
+    if (any(isinstance(v, bool) for v in items) or not all(math.isfinite(w) and w >= 0
+                                                           for w in weights)
+            or not any(weights)):
+        raise bad
+    return weights
+
+
+def _logger_list(value: Any) -> list[str]:
+    """``--logger`` names as a list (``"jsonl,tensorboard"`` is split); ``jsonl`` always first."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    names = [str(v).strip().lower() for v in items if str(v).strip()]
+    return ["jsonl", *dict.fromkeys(n for n in names if n != "jsonl")]
+
+
+@dataclass
+class LossConfig:
+    """The supervised loss of ``segcl finetune`` on the labelled images
+    (:class:`segcl.losses.SegmentationLoss`; the semi-supervised branch keeps cross-entropy on
+    its pseudo-labels).
+
+    Attributes:
+        name: ``ce`` (cross-entropy), ``dice`` (soft Dice, Milletari et al. 2016), ``focal``
+            (Lin et al. 2017) or ``ce+dice`` (their sum).
+        class_weights: ``None`` (all 1), ``auto`` (median-frequency balancing over the labelled
+            subset, as SegNet on CamVid) or one weight per class.
+        ohem: online hard example mining on the pixel-wise term (Shrivastava et al. 2016): only
+            the pixels whose true-class probability is below ``ohem_threshold`` count, and at
+            least the ``ohem_min_kept`` hardest pixels per image (10000: about a fifth of a
+            192x256 crop, the share of mmsegmentation's 100000 at 512x1024).
+        focal_gamma: the focusing parameter ``gamma`` of the focal loss.
+    """
+
+    name: str = "ce"
+    class_weights: str | list[float] | None = None
+    ohem: bool = False
+    ohem_threshold: float = 0.7
+    ohem_min_kept: int = 10000
+    focal_gamma: float = 2.0
+
+    def __post_init__(self) -> None:
+        self.class_weights = _class_weights(self.class_weights)
+        check_fields(self)
+        if self.ohem and self.name == "dice":
+            raise ConfigError("--ohem needs a pixel-wise loss (--loss ce, focal or ce+dice); "
+                              "the Dice loss is one ratio over all pixels")
+
+
 @dataclass
 class FinetuneConfig:
-    """``segcl finetune``: cross-entropy training of encoder + decoder + classifier.
+    """``segcl finetune``: supervised training of encoder + decoder + classifier.
 
+    ``loss`` is the labelled images' loss (:class:`LossConfig`, cross-entropy by default);
+    ``loggers`` the places scalars go besides ``metrics.jsonl`` (:mod:`segcl.loggers`), which
+    also get ``log_images`` fixed validation images with their predicted masks.
     ``patience``: early stopping -- stop after this many validations in a row without a higher
     val mIoU (``None`` or 0: off). ``best/`` keeps the best model either way.
     """
@@ -347,6 +439,7 @@ class FinetuneConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
     semi: SemiConfig = field(default_factory=SemiConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     out: str = "runs/finetune"
     encoder: str = "resnet18"
     decoder: str = "unet"
@@ -371,11 +464,14 @@ class FinetuneConfig:
     device: str = "auto"
     seed: int = 0
     log_every: int = 10
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    log_images: int = 4
     checkpoint_every: str | None = None
     patience: int | None = None
     command: str | None = None
 
     def __post_init__(self) -> None:
+        self.loggers = _logger_list(self.loggers)
         check_fields(self)
         parse_every(self.checkpoint_every)
         check_encoder_weights(self.encoder, self.encoder_weights)
@@ -426,6 +522,7 @@ class PretrainConfig:
             labelled set (for the pixel term).
         batch_size: images per batch and process (under torchrun the global batch is
             ``batch_size * world_size``).
+        loggers: where the scalars go besides ``metrics.jsonl`` (:mod:`segcl.loggers`).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -460,11 +557,13 @@ class PretrainConfig:
     device: str = "auto"
     seed: int = 0
     log_every: int = 10
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
     save_every_s: float = 300.0
     checkpoint_every: str | None = None
     command: str | None = None
 
     def __post_init__(self) -> None:
+        self.loggers = _logger_list(self.loggers)
         check_fields(self)
         parse_every(self.checkpoint_every)
         check_encoder_weights(self.encoder, self.encoder_weights)

@@ -24,10 +24,12 @@ if TYPE_CHECKING:
 __all__ = [
     "colorize",
     "default_palette",
+    "mask_rgb",
     "overlay",
     "plot_confusion",
     "plot_curves",
     "plot_lines",
+    "prediction_panel",
     "save_png",
 ]
 
@@ -143,6 +145,29 @@ def overlay(
     blended = (1.0 - alpha) * img + alpha * colour
     blended[keep] = img[keep]
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def mask_rgb(mask: np.ndarray, palette: Palette) -> np.ndarray:
+    """``(H, W, 3)`` uint8 colours of a label mask; indices without a colour (the ignore index)
+    are black."""
+    pal = _palette_array(palette)
+    lut = np.zeros((len(pal) + 1, 3), dtype=np.uint8)
+    lut[: len(pal)] = pal
+    mask = np.asarray(mask)
+    return lut[np.where((mask >= 0) & (mask < len(pal)), mask, len(pal))]
+
+
+def prediction_panel(
+    image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, palette: Palette
+) -> np.ndarray:
+    """One ``(H, 3W, 3)`` uint8 strip: the image, its true mask and the predicted mask, side by
+    side, masks in ``palette`` colours (what the loggers show for a validation image)."""
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
+    if np.shape(truth) != img.shape[:2] or np.shape(prediction) != img.shape[:2]:
+        raise ValueError("masks must have the image's height and width")
+    return np.concatenate([img, mask_rgb(truth, palette), mask_rgb(prediction, palette)], axis=1)
 
 
 # --------------------------------------------------------------------------------- writing

@@ -88,6 +88,11 @@ Resume = Annotated[bool, typer.Option(help="Continue the run in --out from its l
 CheckpointEvery = Annotated[str | None, typer.Option(
     help="Also save the resumable last/ checkpoint every N steps (500) or seconds (90s), "
          "mid-epoch.")]
+Logger = Annotated[str, typer.Option(
+    "--logger", help="Where the scalars go, comma-separated: jsonl (metrics.jsonl, always "
+                     "written), tensorboard (RUN/tensorboard), mlflow (MLFLOW_TRACKING_URI), "
+                     "wandb (offline unless WANDB_MODE); e.g. jsonl,tensorboard,mlflow. The "
+                     "last three are extras: pip install 'segcl\\[tensorboard]'.")]
 Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="Clear the run files already in --out and start again.")]
 

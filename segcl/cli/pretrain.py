@@ -36,6 +36,8 @@ PRETRAIN_EPILOG = """
 
   segcl pretrain --resume --out runs/camvid-supcon
 
+  segcl pretrain data/camvid --method simclr --logger tensorboard --out runs/camvid-simclr
+
 Then fine-tune from the result: segcl finetune data/camvid --init runs/camvid-supcon --lr 0.007
 """
 
@@ -96,6 +98,7 @@ def register(app: typer.Typer) -> None:
             help="Teacher model: pseudo-label the unlabelled images and add them to the pixel "
                  "term.")] = None,
         unlabeled: o.Unlabeled = None,
+        logger: o.Logger = "jsonl",
         seed: o.Seed = 0,
         workers: o.Workers = 2,
         cache: o.Cache = "auto",
@@ -124,7 +127,8 @@ def register(app: typer.Typer) -> None:
                 encoder_weights=encoder_weights, losses=parse_losses(losses), variant=variant,
                 temperature=temperature, grid=parse_grid(grid), max_pixels=max_pixels,
                 strength=strength, pseudo_labels=pseudo_labels, epochs=epochs, steps=steps,
-                batch_size=batch_size, amp=amp, device=device, seed=seed, command=command_line(),
+                batch_size=batch_size, amp=amp, device=device, seed=seed, loggers=logger,
+                command=command_line(),
             )
         result = run_pretrain(cfg, RichProgress(quiet), resume=resume)
         if result.get("rank", 0) != 0:  # under torchrun only rank 0 reports

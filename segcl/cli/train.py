@@ -34,6 +34,15 @@ FINETUNE_EPILOG = """
   # validate every epoch, stop after 5 validations without a better val mIoU
   segcl finetune data/camvid --layout camvid --epochs 200 --patience 5 --out runs/camvid-es
 
+  # rare classes: Dice + cross-entropy with median-frequency class weights, or focal + OHEM
+  segcl finetune data/camvid --layout camvid --labeled-fraction 0.125 --loss ce+dice \\
+      --class-weights auto --out runs/camvid-dice
+  segcl finetune data/camvid --layout camvid --loss focal --ohem --out runs/camvid-focal
+
+  # TensorBoard and MLflow next to metrics.jsonl (pip install 'segcl\\[tensorboard,mlflow]')
+  segcl finetune data/camvid --layout camvid --logger jsonl,tensorboard,mlflow --out runs/camvid
+  tensorboard --logdir runs/camvid
+
   # 4 GPUs (--batch-size is per process); cross-image contrast with the memory bank
   torchrun --nproc_per_node 4 -m segcl finetune data/camvid --contrast cross-image \\
       --memory-bank --out runs/camvid-ddp
@@ -107,6 +116,27 @@ def register(app: typer.Typer) -> None:
             "batch-norm statistics (UniMatch); needed for --contrast on pseudo-labels.")] = False,
         unlabeled_batch_size: Annotated[int | None, typer.Option(
             help="Unlabelled images per step (default: --batch-size).")] = None,
+        loss: Annotated[str, typer.Option(
+            help="Supervised loss of the labelled images: ce (cross-entropy), dice (soft Dice, "
+                 "V-Net), focal (Lin et al.) or ce+dice (their sum).")] = "ce",
+        class_weights: Annotated[str | None, typer.Option(
+            help="Class weights of the loss: 'auto' (median-frequency balancing over the "
+                 "labelled images, as SegNet) or one number per class, e.g. 1,1,2.5,4.")] = None,
+        ohem: Annotated[bool, typer.Option(
+            "--ohem", help="Online hard example mining: the pixel-wise loss counts only pixels "
+                           "whose true-class probability is below --ohem-threshold, and at least "
+                           "the --ohem-min-kept hardest per image.")] = False,
+        ohem_threshold: Annotated[float, typer.Option(help="OHEM probability "
+                                                           "threshold.")] = 0.7,
+        ohem_min_kept: Annotated[int, typer.Option(
+            help="OHEM: pixels kept at least, per image (about a fifth of a 192x256 crop, as "
+                 "mmseg's 100000 of 512x1024; scale it with --image-size).")] = 10000,
+        focal_gamma: Annotated[float, typer.Option(help="Focusing parameter gamma of --loss "
+                                                        "focal.")] = 2.0,
+        logger: o.Logger = "jsonl",
+        log_images: Annotated[int, typer.Option(
+            help="Validation images (with true and predicted masks) the loggers show at each "
+                 "validation; 0: none.")] = 4,
         brightness: Annotated[float, typer.Option(help="Brightness jitter strength.")] = 0.0,
         contrast_jitter: Annotated[float, typer.Option(help="Contrast jitter strength.")] = 0.0,
         eval_mode: o.EvalMode = "resize",
@@ -120,8 +150,14 @@ def register(app: typer.Typer) -> None:
         checkpoint_every: o.CheckpointEvery = None,
         quiet: o.Quiet = False,
     ) -> None:
-        """Train a segmentation model with cross-entropy on (a labelled subset of) a dataset."""
-        from segcl.config import ContrastConfig, FinetuneConfig, OptimConfig, SemiConfig
+        """Train a segmentation model on (a labelled subset of) a dataset."""
+        from segcl.config import (
+            ContrastConfig,
+            FinetuneConfig,
+            LossConfig,
+            OptimConfig,
+            SemiConfig,
+        )
         from segcl.engine.finetune import finetune as run_finetune
         from segcl.errors import ConfigError
 
@@ -140,6 +176,10 @@ def register(app: typer.Typer) -> None:
                                 cutmix=semi_cutmix, warmup_steps=semi_warmup,
                                 batch_size=unlabeled_batch_size,
                                 shared_forward=semi_shared_forward),
+                loss=LossConfig(name=loss, class_weights=class_weights, ohem=ohem,
+                                ohem_threshold=ohem_threshold, ohem_min_kept=ohem_min_kept,
+                                focal_gamma=focal_gamma),
+                loggers=logger, log_images=log_images,
                 out=str(out), encoder=encoder, decoder=decoder, init=init, init_parts=init_parts,
                 encoder_weights=encoder_weights, pseudo_labels=pseudo_labels, epochs=epochs,
                 steps=steps, batch_size=batch_size, val_every=val_every, patience=patience,

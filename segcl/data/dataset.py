@@ -24,6 +24,25 @@ def _lookup_table(label_map: tuple[int, ...]) -> np.ndarray:
     return np.asarray(label_map, dtype=np.int64 if max(label_map) > 255 else np.uint8)
 
 
+def read_sample_mask(sample: Sample) -> np.ndarray | None:
+    """The label mask of ``sample`` from disk, its label map applied (None when unlabelled).
+
+    Not checked against the classes: :func:`load_pair` does that.
+    """
+    if sample.mask is None:
+        return None
+    mask = read_mask(sample.mask)
+    if sample.label_map is not None:
+        table = _lookup_table(sample.label_map)
+        if mask.size and int(mask.max()) >= len(table):
+            raise DataError(
+                f"{sample.mask}: label value {int(mask.max())} is outside the label map "
+                f"(0..{len(table) - 1})"
+            )
+        mask = table[mask]
+    return mask
+
+
 def load_pair(
     sample: Sample, info: DatasetInfo, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -40,15 +59,7 @@ def load_pair(
     source = f"pseudo-label of {sample.image}"
     if mask is None and sample.mask is not None:
         source = str(sample.mask)
-        mask = read_mask(sample.mask)
-        if sample.label_map is not None:
-            table = _lookup_table(sample.label_map)
-            if mask.size and int(mask.max()) >= len(table):
-                raise DataError(
-                    f"{sample.mask}: label value {int(mask.max())} is outside the label map "
-                    f"(0..{len(table) - 1})"
-                )
-            mask = table[mask]
+        mask = read_sample_mask(sample)
     if mask is None:
         return image, None
     if mask.shape != image.shape[:2]:

@@ -1,5 +1,6 @@
-"""``segcl finetune``: cross-entropy training of a segmentation model on a labelled subset, plus
-the fine-tuning methods the config switches on.
+"""``segcl finetune``: supervised training of a segmentation model on a labelled subset (the
+loss of ``cfg.loss``: :mod:`segcl.engine.supervised`), plus the fine-tuning methods the config
+switches on.
 
 The fine-tuning methods live in :mod:`segcl.methods` (one module each: ``pseudo-labels``,
 ``semi``, ``cross-image``; :class:`~segcl.methods.base.FinetuneMethod`); this module asks the
@@ -28,16 +29,16 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segcl import loggers
 from segcl import methods as registry
 from segcl.config import FinetuneConfig, save_yaml, to_dict
 from segcl.data import SegmentationDataset
 from segcl.data.transforms import TrainTransform
 from segcl.engine import distributed
 from segcl.engine import state as train_state
-from segcl.engine.callbacks import Callback
+from segcl.engine.callbacks import Callback, RunInfo
 from segcl.engine.checkpoint import (
     checkpoint_config,
     load_state_into,
@@ -50,8 +51,10 @@ from segcl.engine.data_setup import load_splits, normalization, train_loader
 from segcl.engine.evaluate import eval_loader, evaluate_loader
 from segcl.engine.loop import Job, train_loop
 from segcl.engine.optim import build_optimizer
+from segcl.engine.preview import ValPreviews
 from segcl.engine.rundir import RunDir
 from segcl.engine.runtime import amp_dtype, seed_everything, to_device
+from segcl.engine.supervised import build_supervised_loss
 from segcl.errors import CheckpointError, ConfigError
 from segcl.methods.base import FinetuneData, FinetuneMethod, FinetuneStep
 from segcl.models import ModelConfig, SegmentationModel
@@ -120,15 +123,18 @@ class _TrainStep(nn.Module):
     (and synchronises) every trained parameter; ``forward`` returns the loss and its terms.
 
     The images methods add from their streams (:meth:`FinetuneMethod.inputs`) share the forward
-    pass of the labelled images; the loss is the labelled images' cross-entropy plus each
-    method's term, in registration order (:meth:`FinetuneMethod.loss`), so a method can read the
-    labels an earlier one gave its images (:meth:`FinetuneStep.labels`).
+    pass of the labelled images; the loss is the labelled images' supervised loss
+    (``criterion``: cross-entropy by default) plus each method's term, in registration order
+    (:meth:`FinetuneMethod.loss`), so a method can read the labels an earlier one gave its
+    images (:meth:`FinetuneStep.labels`).
     """
 
     def __init__(self, model: SegmentationModel, methods: tuple[FinetuneMethod, ...],
-                 parts: dict[str, nn.Module], cfg: FinetuneConfig, ignore_index: int):
+                 parts: dict[str, nn.Module], cfg: FinetuneConfig, ignore_index: int,
+                 criterion: nn.Module):
         super().__init__()
         self.model = model
+        self.criterion = criterion  # (logits, mask) -> (loss, {term: value})
         self.parts = nn.ModuleDict(parts)  # the methods' modules, by method name
         self.methods, self.cfg, self.ignore_index = methods, cfg, ignore_index
 
@@ -146,8 +152,7 @@ class _TrainStep(nn.Module):
         x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
         feats, dense = self.model.forward_dense(x)
         logits = self.model.classify(dense, image.shape[-2:])
-        loss = F.cross_entropy(logits[:n].float(), mask, ignore_index=self.ignore_index)
-        logs = {"ce": loss.detach()}
+        loss, logs = self.criterion(logits[:n].float(), mask)
         state = FinetuneStep(self.cfg, self.model, step, n, mask, self.ignore_index, feats, dense,
                              logits, batches, segments)
         parts = dict(self.parts.items())
@@ -177,7 +182,7 @@ def finetune(
 def _finetune(
     cfg: FinetuneConfig, ctx: distributed.DistContext, callback: Callback, resume: bool
 ) -> dict[str, Any]:
-    cb = callback if ctx.is_main else Callback()
+    cb = loggers.attach(callback, cfg.loggers) if ctx.is_main else Callback()
     run = RunDir(cfg.out, resume=resume, write=ctx.is_main)
     device = ctx.device
     seed_everything(cfg.seed)
@@ -212,6 +217,7 @@ def _finetune(
                              cfg.eval_mode, device, workers=min(cfg.data.workers, 2),
                              cache=cfg.data.cache)
     total_steps = cfg.steps or cfg.epochs * len(loader)
+    criterion = build_supervised_loss(cfg.loss, info, splits.labeled, cb).to(device)
 
     # ---- model, the methods' modules, optimiser ----------------------------------------------
     model_cfg = ModelConfig(encoder=cfg.encoder, decoder=cfg.decoder,
@@ -255,14 +261,18 @@ def _finetune(
             streams[method.name] = stream
     # a module may get no gradient in some steps (a warm-up): DDP must be told to expect that
     step_module = distributed.wrap(
-        _TrainStep(model, methods, parts, cfg, info.ignore_index), ctx,
+        _TrainStep(model, methods, parts, cfg, info.ignore_index, criterion), ctx,
         find_unused_parameters=any(m.unused_parameters(cfg) for m in methods if m.name in parts),
         sync_buffers=False,  # the methods' buffers (memory-bank queues) are large and in sync
     )
     if ctx.enabled:
         cb.on_message(f"training on {ctx.world} processes, batch {batch_size} per process")
     cfg = replace(cfg, steps=total_steps)
-    if ctx.is_main:
+    if ctx.is_main:  # the loggers first: one that cannot start leaves no config.yaml behind
+        previews = (ValPreviews(model, splits.val, info, size, mean, std, device, amp,
+                                cfg.log_images) if cfg.log_images else None)
+        cb.on_run(RunInfo(run.path, "finetune", resume, st.step, to_dict(cfg), info.classes,
+                          info.palette, info.ignore_index, previews))
         save_yaml(cfg, run.path / "config.yaml")
 
     def save(folder, metrics: dict[str, Any] | None, with_state: bool) -> None:

@@ -37,12 +37,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from segcl import methods
+from segcl import loggers, methods
 from segcl.config import PRETRAIN_LOSSES, PretrainConfig, save_yaml, to_dict
 from segcl.data import DatasetInfo, Sample, SegmentationDataset, validate_samples
 from segcl.engine import distributed
 from segcl.engine import state as train_state
-from segcl.engine.callbacks import Callback
+from segcl.engine.callbacks import Callback, RunInfo
 from segcl.engine.checkpoint import (
     checkpoint_config,
     load_state_into,
@@ -239,7 +239,7 @@ def pretrain(
 def _pretrain(
     cfg: PretrainConfig, ctx: distributed.DistContext, callback: Callback, resume: bool
 ) -> dict[str, Any]:
-    cb = callback if ctx.is_main else Callback()
+    cb = loggers.attach(callback, cfg.loggers) if ctx.is_main else Callback()
     run = RunDir(cfg.out, resume=resume, write=ctx.is_main)
     device = ctx.device
     seed_everything(cfg.seed)
@@ -285,7 +285,9 @@ def _pretrain(
     model = distributed.wrap(net, ctx)
     trained = ["encoder"] + (["decoder"] if net.decoder is not None else [])
     cfg = replace(cfg, steps=total_steps, losses=list(terms))
-    if ctx.is_main:
+    if ctx.is_main:  # the loggers first: one that cannot start leaves no config.yaml behind
+        cb.on_run(RunInfo(run.path, "pretrain", resume, st.step, to_dict(cfg), info.classes,
+                          info.palette, info.ignore_index))
         save_yaml(cfg, run.path / "config.yaml")
     last_logs: dict[str, float] = {}
 

@@ -1,5 +1,6 @@
-"""Contrastive losses, one ``nn.Module`` per file: SimCLR, multi-scale, and the pixel contrasts of
-Zhao et al. and Wang et al.
+"""Losses, one per file: the contrastive losses (SimCLR, multi-scale, and the pixel contrasts of
+Zhao et al. and Wang et al.) and the supervised segmentation losses (cross-entropy, soft Dice,
+focal, with OHEM pixel selection and median-frequency class weights).
 
 Every loss module L2-normalises its inputs in float32 (heads return raw projections), so fp16 /
 bf16 activations never overflow ``exp(s / tau)``. Cross-GPU gathering is opt-in
@@ -8,18 +9,33 @@ bf16 activations never overflow ``exp(s / tau)``. Cross-GPU gathering is opt-in
 
 from __future__ import annotations
 
+from segcl.losses.class_weights import median_frequency_weights
+from segcl.losses.cross_entropy import cross_entropy
 from segcl.losses.cross_image import CrossImagePixelContrast, MemoryBank
+from segcl.losses.dice import DiceLoss, soft_dice_loss
+from segcl.losses.focal import FocalLoss, focal_loss
 from segcl.losses.local import LocalContrastLoss
 from segcl.losses.ntxent import NTXentLoss, nt_xent
+from segcl.losses.ohem import ohem_keep
 from segcl.losses.pixel import PixelContrastLoss, pixel_contrast, pixel_contrast_naive
+from segcl.losses.segmentation import SEGMENTATION_LOSSES, SegmentationLoss
 
 __all__ = [
+    "SEGMENTATION_LOSSES",
     "CrossImagePixelContrast",
+    "DiceLoss",
+    "FocalLoss",
     "LocalContrastLoss",
     "MemoryBank",
     "NTXentLoss",
     "PixelContrastLoss",
+    "SegmentationLoss",
+    "cross_entropy",
+    "focal_loss",
+    "median_frequency_weights",
     "nt_xent",
+    "ohem_keep",
     "pixel_contrast",
     "pixel_contrast_naive",
+    "soft_dice_loss",
 ]
