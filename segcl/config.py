@@ -630,8 +630,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return fix(dataclasses.asdict(cfg))
 
 
-def from_dict(cls: type[T], d: dict[str, Any]) -> T:
-    """Build a (nested) config dataclass from a dictionary, rejecting unknown keys."""
+#: what a config file must give for a field whose default is of one of these types (numbers
+#: are checked by :data:`CHECKS`; fields that default to ``None`` take what the code accepts)
+_KINDS = {dict: "a mapping of settings", bool: "true or false", str: "a string", list: "a list"}
+
+
+def from_dict(cls: type[T], d: dict[str, Any], section: str = "") -> T:
+    """Build a (nested) config dataclass from a dictionary, rejecting unknown keys and values
+    of the wrong kind (:data:`_KINDS`); ``section`` prefixes the keys named in messages."""
     hints = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(d) - set(hints)
     if unknown:
@@ -640,8 +646,11 @@ def from_dict(cls: type[T], d: dict[str, Any]) -> T:
     for name, value in d.items():
         f = hints[name]
         proto = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(proto) and isinstance(value, dict):
-            value = from_dict(type(proto), value)
+        kind = dict if dataclasses.is_dataclass(proto) else type(proto)
+        if kind in _KINDS and not isinstance(value, kind):
+            raise ConfigError(f"'{section}{name}' must be {_KINDS[kind]}, got {value!r}")
+        if dataclasses.is_dataclass(proto):
+            value = from_dict(type(proto), value, f"{section}{name}.")
         elif isinstance(value, list) and (isinstance(proto, tuple) or name in TUPLE_FIELDS):
             value = tuple(value)
         kwargs[name] = value
@@ -655,12 +664,25 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """Parse a YAML file with ``yaml.safe_load`` (no code is executed).
+
+    Raises:
+        ConfigError: one line naming the file and, for a syntax error, the problem and its
+            line and column (``what`` says what the file is).
+    """
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+        reason = (f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+                  if problem and mark is not None else " ".join(str(err).split()))
+        raise ConfigError(f"{path}: cannot read {what} ({reason})") from err
+
+
 def load_yaml(cls: type[T], path: str | Path) -> T:
     """Read a config dataclass from YAML (``yaml.safe_load``: no code is executed)."""
-    try:
-        d = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read config ({' '.join(str(err).split())})") from err
+    d = read_yaml(path) or {}
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(d).__name__}")
     try:

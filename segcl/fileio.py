@@ -16,6 +16,27 @@ from pathlib import Path
 from segcl.errors import ConfigError
 
 
+def check_target(path: str | Path, folder: bool = False) -> Path:
+    """Check, before any work, that ``path`` can be written as a file (``folder=True``: as a
+    folder): it is not a folder (not a file), and no existing folder above it is a file.
+
+    Raises:
+        ConfigError: naming the path (or the file in its way).
+    """
+    out = Path(path)
+    try:
+        if folder and out.exists() and not out.is_dir():
+            raise ConfigError(f"{out}: is a file, expected a folder")
+        if not folder and out.is_dir():
+            raise ConfigError(f"{out}: is a directory, expected a file path")
+        blocker = next((p for p in out.parents if p.exists()), None)
+    except OSError as err:  # a name too long for the file system, a loop of links
+        raise ConfigError(f"{out}: cannot be used as an output path ({err.strerror})") from None
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"{blocker}: is a file, expected a folder (for {out})")
+    return out
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary path next to ``path``, then rename it into place.
 
@@ -23,12 +44,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         ConfigError: ``path`` is a directory, or its folder cannot be created or written
             (nothing is left behind).
     """
-    out = Path(path)
-    if out.is_dir():
-        raise ConfigError(f"{out}: is a directory, expected a file path")
-    blocker = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise ConfigError(f"{blocker}: is a file, expected a folder (for {out})")
+    out = check_target(path)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

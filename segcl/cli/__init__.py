@@ -1,7 +1,9 @@
 """The ``segcl`` command-line tool: a thin layer over the library.
 
-Known errors (:class:`segcl.errors.SegclError`) and malformed command lines (click's usage
-errors) become one ``Error:`` line and exit status 2; set ``SEGCL_DEBUG=1`` to see the traceback.
+Known errors (:class:`segcl.errors.SegclError`), files the system refuses (an ``OSError``
+naming its file) and malformed command lines (click's usage errors) become one ``Error:`` line
+and exit status 2, warnings one ``Warning:`` line; set ``SEGCL_DEBUG=1`` to see the traceback
+(and Python's warning format).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import gc
 import os
 import re
 import sys
+import warnings
 from typing import Any
 
 import typer
@@ -65,6 +68,12 @@ def one_line(err: BaseException) -> str:
     return re.sub(r"^segcl\.errors\.\w+: ", "", text)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, line: str | None = None) -> str:
+    """A warning as one line, like an error (``SEGCL_DEBUG=1`` keeps Python's format)."""
+    return f"Warning: {message}\n"
+
+
 def _is_usage_error(err: BaseException) -> bool:
     """click's UsageError (typer vendors its own click, so match the class by name)."""
     return any(c.__name__ == "UsageError" for c in type(err).__mro__)
@@ -78,6 +87,8 @@ def main() -> None:
     processes) alive too, and the process would hang instead of exiting.
     """
     code: Any = 0
+    if not os.environ.get("SEGCL_DEBUG"):
+        warnings.formatwarning = _one_line_warning
     try:
         code = app(standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
@@ -87,6 +98,12 @@ def main() -> None:
         if os.environ.get("SEGCL_DEBUG"):
             raise
         typer.secho(f"Error: {one_line(err)}", err=True, fg=typer.colors.RED)
+        code = 2
+    except OSError as err:  # a file the system refuses (a name too long, no space left, ...)
+        if err.filename is None or os.environ.get("SEGCL_DEBUG"):
+            raise
+        typer.secho(f"Error: {err.filename}: {err.strerror or err}", err=True,
+                    fg=typer.colors.RED)
         code = 2
     except Exception as err:
         if not _is_usage_error(err) or os.environ.get("SEGCL_DEBUG"):

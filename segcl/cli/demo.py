@@ -38,40 +38,45 @@ def register(app: typer.Typer) -> None:
         """Generate a few-label dataset; fine-tune from random init with the labels alone and
         with segcl's semi-supervised recipe; evaluate and predict with the better model."""
         from segcl.config import DataConfig, FinetuneConfig, OptimConfig, SemiConfig
-        from segcl.data.synthetic import make_synthetic_dataset
-        from segcl.engine.evaluate import evaluate
-        from segcl.engine.finetune import finetune
-        from segcl.engine.predict import predict
         from segcl.errors import ConfigError
+        from segcl.fileio import check_target
 
+        check_target(out, folder=True)
         if (out / "runs").exists():
             raise ConfigError(f"{out}: already holds a demo; choose another --out or remove it")
         if not 1 <= labeled < N_TRAIN:
             raise ConfigError(f"--labeled must be between 1 and {N_TRAIN - 1}, got {labeled}")
-        data = make_synthetic_dataset(out / "data", n_train=N_TRAIN, n_val=N_VAL, size=SIZE,
-                                      seed=seed)
+        data = out / "data"
         data_cfg = DataConfig(root=str(data), image_size=SIZE, labeled_count=labeled, workers=0)
-        console.print(f"[bold]1/4[/bold] generated a synthetic dataset in {data} ({N_TRAIN} "
-                      f"train images, {labeled} of them labelled; {N_VAL} val)")
         command = (f"segcl demo --out {out} --encoder {encoder} --steps {steps} "
                    f"--labeled {labeled} --seed {seed}")
 
-        def fine_tune(name: str, semi: SemiConfig) -> dict:
-            cfg = FinetuneConfig(
+        def config(name: str, semi: SemiConfig) -> FinetuneConfig:
+            return FinetuneConfig(
                 data=data_cfg, optim=OptimConfig(name="adamw", lr=1e-3, warmup_steps=10),
                 semi=semi, out=str(out / "runs" / name), encoder=encoder,
                 decoder_kwargs={"decoder_channels": [128, 64, 32, 16]}, steps=steps,
                 batch_size=8, val_every=max(1, steps // 8), seed=seed, device=device,
                 command=command,
             )
-            return finetune(cfg, RichProgress(quiet))
 
+        # both arms' options are checked before anything is written
+        arms = {"labels only": config("labels-only", SemiConfig()),
+                "semi-supervised": config("semi", SemiConfig(enabled=True, **DEMO_SEMI))}
+        from segcl.data.synthetic import make_synthetic_dataset
+        from segcl.engine.evaluate import evaluate
+        from segcl.engine.finetune import finetune
+        from segcl.engine.predict import predict
+
+        make_synthetic_dataset(data, n_train=N_TRAIN, n_val=N_VAL, size=SIZE, seed=seed)
+        console.print(f"[bold]1/4[/bold] generated a synthetic dataset in {data} ({N_TRAIN} "
+                      f"train images, {labeled} of them labelled; {N_VAL} val)")
         console.print(f"[bold]2/4[/bold] {encoder} + U-Net from random init, "
                       f"{labeled} labelled images alone")
-        runs = {"labels only": fine_tune("labels-only", SemiConfig())}
+        runs = {"labels only": finetune(arms["labels only"], RichProgress(quiet))}
         console.print(f"[bold]3/4[/bold] the same + {N_TRAIN - labeled} unlabelled images "
                       "(finetune --semi)")
-        runs["semi-supervised"] = fine_tune("semi", SemiConfig(enabled=True, **DEMO_SEMI))
+        runs["semi-supervised"] = finetune(arms["semi-supervised"], RichProgress(quiet))
         best = max(runs.values(), key=lambda r: r["best_miou"])
         metrics = evaluate(best["run_dir"], str(data), split="val", device=device, workers=0)
         console.print("[bold]4/4[/bold] predicting masks for the validation images")

@@ -91,14 +91,16 @@ def pull(
 
     Files go to the Hugging Face cache (HF_HOME); with HF_HUB_OFFLINE=1 they are served from it.
     """
+    from segcl.fileio import atomic_write, check_target
     from segcl.hub.refs import CHECKPOINT_FILES, resolve_model_ref
 
+    if out is not None:
+        check_target(out, folder=True)  # before downloading anything
     folder = resolve_model_ref(ref, revision)
     if out is not None and out.resolve() != folder.resolve():
-        out.mkdir(parents=True, exist_ok=True)
         for name in CHECKPOINT_FILES:
-            if (folder / name).is_file():
-                shutil.copyfile(folder / name, out / name)  # follows the cache's symlinks
+            if (folder / name).is_file():  # copyfile follows the cache's symlinks
+                atomic_write(out / name, lambda tmp, src=folder / name: shutil.copyfile(src, tmp))
         folder = out
     typer.echo(str(folder))
 
@@ -181,8 +183,8 @@ def build(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder ({out}); "
                                                                  "default runs/rebuild-NAME.")]
     = None,
-    tolerance: Annotated[float, typer.Option(help="Largest accepted absolute difference from "
-                                                  "the registry's metrics.")] = 0.01,
+    tolerance: Annotated[float, typer.Option(min=0, help="Largest accepted absolute difference "
+                                                         "from the registry's metrics.")] = 0.01,
     registry: Registry = None,
 ) -> None:
     """Rebuild a registry checkpoint from its recipe and check its metrics.

@@ -91,14 +91,17 @@ def register(app: typer.Typer) -> None:
         Metrics are computed at each mask's full resolution; the ignore index is excluded.
         """
         from segcl.config import TTAConfig
+        from segcl.fileio import atomic_write_text, check_target
+
+        for target in (json_out, confusion):  # refused before the evaluation, not after it
+            if target is not None:
+                check_target(target)
         from segcl.engine.evaluate import evaluate as run_evaluate
-        from segcl.fileio import atomic_write_text
 
         metrics = run_evaluate(model, str(data), split=split, layout=layout, mode=mode,
                                batch_size=batch_size, device=device, workers=workers,
                                callback=RichProgress(quiet), tta=TTAConfig.parse(tta))
         if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(json_out, json.dumps({"model": model, "data": str(data),
                                                     "split": split, "mode": mode, **metrics},
                                                    indent=2))
@@ -131,7 +134,8 @@ def register(app: typer.Typer) -> None:
         tta: o.TTA = None,
         batch_size: o.BatchSize = 8,
         mode: o.EvalMode = "resize",
-        threads: Annotated[int, typer.Option(help="Threads decoding and writing images.")] = 2,
+        threads: Annotated[int, typer.Option(min=1, help="Threads decoding and writing "
+                                                           "images.")] = 2,
         device: o.Device = "auto",
         amp: o.Amp = True,
         quiet: o.Quiet = False,

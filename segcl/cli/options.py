@@ -124,16 +124,21 @@ def saved_config(cls: type[T], out: Path, resume: bool, overwrite: bool = False)
     """With ``--resume``, the run's saved ``config.yaml`` (flags other than --out are ignored).
 
     ``--out`` is the run: the saved config's own ``out`` never redirects it (a copied run
-    continues in the copy). ``--overwrite`` (not with ``--resume``) clears the run's files.
+    continues in the copy); it is checked first (a file, or a path below one, is refused).
+    ``--overwrite`` (not with ``--resume``) clears the run's files.
     """
     import dataclasses
 
     from segcl.config import load_yaml
-    from segcl.engine.rundir import clear_run
+    from segcl.fileio import check_target
+
+    check_target(out, folder=True)
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     if overwrite and out.is_dir():
+        from segcl.engine.rundir import clear_run  # imports torch: only when needed
+
         clear_run(out)
     if resume:
         if not (out / "config.yaml").is_file():

@@ -111,7 +111,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Contrastive pre-training of an encoder (and decoder) for later fine-tuning."""
         from segcl.config import OptimConfig, PretrainConfig
-        from segcl.engine.pretrain import pretrain as run_pretrain
 
         cfg = o.saved_config(PretrainConfig, out, resume, overwrite)
         if cfg is not None and steps is not None:
@@ -130,6 +129,8 @@ def register(app: typer.Typer) -> None:
                 batch_size=batch_size, amp=amp, device=device, seed=seed, loggers=logger,
                 command=command_line(),
             )
+        from segcl.engine.pretrain import pretrain as run_pretrain  # torch: after the checks
+
         result = run_pretrain(cfg, RichProgress(quiet), resume=resume)
         if result.get("rank", 0) != 0:  # under torchrun only rank 0 reports
             return

@@ -158,7 +158,6 @@ def register(app: typer.Typer) -> None:
             OptimConfig,
             SemiConfig,
         )
-        from segcl.engine.finetune import finetune as run_finetune
         from segcl.errors import ConfigError
 
         cfg = o.saved_config(FinetuneConfig, out, resume, overwrite)
@@ -189,6 +188,8 @@ def register(app: typer.Typer) -> None:
             )
             if contrast not in (None, "cross-image"):
                 raise ConfigError(f"unknown --contrast '{contrast}'; the choice is cross-image")
+        from segcl.engine.finetune import finetune as run_finetune  # torch: after the checks
+
         result = run_finetune(cfg, RichProgress(quiet), resume=resume)
         if result.get("rank", 0) != 0:  # under torchrun only rank 0 reports
             return

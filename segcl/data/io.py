@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,8 @@ def read_image(path: str | Path) -> np.ndarray:
     missing part grey), or announces more than :func:`max_image_pixels` pixels.
     """
     path = Path(path)
+    if path.exists() and not (path.is_file() or path.is_dir()):  # a pipe would block the read
+        raise DataError(f"{path}: not a regular file")
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except (FileNotFoundError, IsADirectoryError):
@@ -84,13 +87,18 @@ def max_image_pixels() -> int:
         return 1 << 28
 
 
+#: ``warnings.catch_warnings`` swaps the process-wide filter list: reader threads entering and
+#: leaving it at once could restore each other's "ignore" and silence every later warning
+_WARNINGS_LOCK = threading.Lock()
+
+
 def _check_pixels(path: Path, data: np.ndarray) -> None:
     """Refuse an image whose header announces more than :func:`max_image_pixels` pixels, before
     any decoder allocates them (a forged header must not abort a whole run)."""
     limit = max_image_pixels()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's own size warning: the limit here decides
             with Image.open(io.BytesIO(data.tobytes())) as im:  # reads the header only
                 w, h = im.size
     except Image.DecompressionBombError:

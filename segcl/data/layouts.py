@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from segcl.config import read_yaml
 from segcl.data.info import CAMVID, CITYSCAPES, PET, VOC, DatasetInfo
 from segcl.data.io import IMAGE_EXTENSIONS
 from segcl.errors import ConfigError, DataError
@@ -158,10 +158,7 @@ def _pair(
 
 
 def _read_dataset_yaml(path: Path) -> DatasetInfo:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read dataset description ({e})") from e
+    data = read_yaml(path, "dataset description")
     try:
         return DatasetInfo.from_dict(data)
     except ConfigError as e:

@@ -40,6 +40,8 @@ from segcl.engine import distributed
 from segcl.engine import state as train_state
 from segcl.engine.callbacks import Callback, RunInfo
 from segcl.engine.checkpoint import (
+    CONFIG,
+    check_model_config,
     checkpoint_config,
     load_state_into,
     read_config,
@@ -86,6 +88,7 @@ def initialize_from(
         raise ConfigError(f"unknown --init-parts '{parts}'; choose auto, encoder or all")
     folder = resolve_model_ref(ref)
     config = read_config(folder)
+    check_model_config(config, folder / CONFIG)
     weights = {k: v for k, v in read_weights(folder).items() if not k.startswith("heads.")}
     source_model = config.get("model", {})
     if source_model.get("encoder") != model.config.encoder:

@@ -39,7 +39,7 @@ from segcl.engine.callbacks import Callback
 from segcl.engine.inference import infer_logits, input_transform, resize_logits
 from segcl.engine.runtime import autocast
 from segcl.errors import DataError
-from segcl.fileio import atomic_write
+from segcl.fileio import atomic_write, check_target
 
 
 @dataclass
@@ -260,6 +260,7 @@ def predict(
     from segcl.engine.runtime import amp_dtype
 
     views = TTAConfig.parse(tta)  # a bad spec fails before the model is loaded
+    check_target(out_dir, folder=True)  # so does an --out that cannot be a folder
     model, config, dev = load_for_inference(model_ref, device)
     return predict_files(model, config, inputs, out_dir, batch_size=batch_size, device=dev,
                          mode=mode, overlay=overlay, threads=threads, amp=amp_dtype(dev, amp),

@@ -12,7 +12,7 @@ from typing import Any
 
 from segcl.engine.checkpoint import STATE_META, recover
 from segcl.errors import ConfigError
-from segcl.fileio import atomic_write_text
+from segcl.fileio import atomic_write_text, check_target
 
 #: what a run writes into its folder (a folder holding any of these holds a run)
 RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "confusion_val.png", "best", "last")
@@ -55,6 +55,17 @@ def _lock_owner(path: Path) -> int | None:
     return pid if pid > 0 and _alive(pid) else None
 
 
+def _release(lock: Path, created: list[Path]) -> None:
+    """At exit: remove the lock, and the folders the run created (innermost first) if it
+    left them empty, so that a run that failed before writing anything leaves no trace."""
+    lock.unlink(missing_ok=True)
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or not ours to remove): keep it and its parents
+            return
+
+
 class RunDir:
     """Owns the files of one training run.
 
@@ -87,8 +98,8 @@ class RunDir:
         self.metrics_path = self.path / "metrics.jsonl"
 
     def _lock(self) -> None:
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"{self.path}: --out is a file, not a directory")
+        check_target(self.path, folder=True)
+        created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -111,7 +122,7 @@ class RunDir:
                                   f"({err.strerror})") from err
             with os.fdopen(fd, "w") as f:
                 f.write(str(os.getpid()))
-            atexit.register(lock.unlink, missing_ok=True)
+            atexit.register(_release, lock, created)
             return
         raise ConfigError(f"{self.path}: cannot take the run directory's lock ({lock})")
 

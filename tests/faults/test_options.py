@@ -1,0 +1,95 @@
+"""Bad option values and combinations: exit status 2, one line naming the option, nothing written.
+
+Every value is checked before any work starts (most before torch is even imported); the few
+options checked by their owner when it is first used (a registry of methods, decoders, layouts; a
+teacher model) still leave no run folder behind.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.faults.checks import TRAIN, case, expect
+
+#: how each command is called when its own options are fine
+COMMANDS = {
+    "finetune": ["finetune", "{data}", *TRAIN, "--out", "run"],
+    "pretrain": ["pretrain", "{data}", *TRAIN, "--out", "run"],
+    "evaluate": ["evaluate", "{run}", "{data}", "--workers", "0", "--quiet"],
+    "predict": ["predict", "{run}", "{data}/val/images", "--out", "pred", "--quiet"],
+    "demo": ["demo", "--encoder", "test_resnet", "--steps", "1", "--out", "demo", "--quiet"],
+    "hub-build": ["hub", "build", "camvid-resnet18-unet-1of8-quick", "--data", "{data}"],
+    "evaluate-on": ["evaluate", "{run}", "--workers", "0", "--quiet"],  # + the dataset folder
+    "predict-on": ["predict", "{run}", "--out", "pred", "--quiet"],  # + the inputs
+}
+LONG = "n" * 300  # a file name longer than the file system takes
+
+#: command, the bad options (the last value of a flag wins), what the message must name
+CASES = [
+    ("finetune", "--batch-size 0", ["--batch-size"]),
+    ("finetune", "--batch-size -3", ["--batch-size"]),
+    ("finetune", "--batch-size abc", ["--batch-size"]),
+    ("pretrain", "--batch-size 0", ["--batch-size"]),
+    ("evaluate", "--batch-size 0", ["--batch-size"]),
+    ("predict", "--batch-size -3", ["--batch-size"]),
+    ("finetune", "--workers -1", ["--workers"]),
+    ("evaluate", "--workers -1", ["--workers"]),
+    ("predict", "--threads 0", ["--threads"]),
+    ("finetune", "--lr -1", ["--lr"]),
+    ("finetune", "--lr nan", ["--lr", "nan"]),
+    ("pretrain", "--lr inf", ["--lr", "inf"]),
+    ("finetune", "--weight-decay -1", ["--weight-decay"]),
+    ("finetune", "--warmup-steps -1", ["--warmup-steps"]),
+    ("finetune", "--val-every 0", ["--val-every"]),
+    ("finetune", "--steps 0", ["--steps"]),
+    ("finetune", "--steps -5", ["--steps"]),
+    ("pretrain", "--steps 0", ["--steps"]),
+    ("finetune", "--epochs 0", ["--epochs"]),
+    ("finetune", "--seed -1", ["--seed"]),
+    ("pretrain", "--grid 0x0", ["--grid", "0x0"]),
+    ("finetune", "--image-size 0x0", ["--image-size", "0x0"]),
+    ("finetune", "--image-size abc", ["--image-size", "abc"]),
+    ("pretrain", "--image-size 48x0", ["--image-size"]),
+    ("finetune", "--labeled-fraction 0", ["--labeled-fraction"]),
+    ("finetune", "--labeled-fraction 1.5", ["--labeled-fraction", "1.5"]),
+    ("finetune", "--labeled-count 0", ["--labeled-count"]),
+    ("finetune", "--semi-threshold 1", ["--semi-threshold"]),
+    ("finetune", "--unlabeled-batch-size 0", ["--unlabeled-batch-size"]),
+    ("finetune", "--contrast-weight -1", ["--contrast-weight"]),
+    ("pretrain", "--temperature 0", ["--temperature"]),
+    ("finetune", "--checkpoint-every 0", ["--checkpoint-every"]),
+    ("finetune", "--checkpoint-every abc", ["--checkpoint-every", "abc"]),
+    ("pretrain", "--checkpoint-every 0s", ["--checkpoint-every"]),
+    ("finetune", "--cache bogus", ["--cache", "bogus"]),
+    ("finetune", "--contrast bogus", ["--contrast", "bogus"]),
+    ("finetune", "--init-parts encoder", ["--init-parts", "--init"]),
+    ("finetune", "--resume --overwrite", ["--resume", "--overwrite"]),
+    ("finetune", "--no-such-flag", ["--no-such-flag"]),
+    ("demo", "--steps 0", ["--steps"]),
+    ("demo", "--labeled 0", ["--labeled"]),
+    ("hub-build", "--tolerance -1", ["--tolerance"]),
+]
+#: options and paths checked by their owners when first used (after torch is imported;
+#: --decoder after the dataset is listed): the run folder created meanwhile is removed again
+LATE = [
+    ("pretrain", "--method bogus", ["method", "bogus"]),
+    ("finetune", "--decoder bogus", ["decoder", "bogus"]),
+    ("finetune", "--layout bogus", ["layout", "bogus"]),
+    ("finetune", "--pseudo-labels no-teacher", ["no-teacher"]),
+    ("finetune", "--init no-checkpoint", ["no-checkpoint"]),
+    ("evaluate-on", "no-such-data", ["no-such-data"]),
+    ("evaluate-on", LONG, [LONG, "File name too long"]),
+    ("predict-on", "no-such-image.png", ["no-such-image.png"]),
+]
+
+
+@pytest.mark.parametrize("command, bad, names", [
+    *(case(f"{c} {b}", c, b, n) for c, b, n in CASES),
+    *(case(f"{c} {b.replace(LONG, 'LONG')}", c, b, n, slow=True) for c, b, n in LATE)])
+def test_a_bad_option_is_refused(command: str, bad: str, names: list[str], synthetic_data: Path,
+                                 tiny_run: Path, tmp_path: Path) -> None:
+    args = [a.format(data=synthetic_data, run=tiny_run) for a in COMMANDS[command]]
+    expect([*args, *shlex.split(bad)], tmp_path, [synthetic_data, tiny_run], names)
