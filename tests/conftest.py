@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from segcl.data.synthetic import make_synthetic_dataset
+from segcl.engine.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "data" / "camvid"
@@ -59,3 +60,15 @@ def tiny_run(synthetic_data, tmp_path_factory) -> Path:
             "--steps", "6", "--batch-size", "4", "--workers", "0", "--warmup-steps", "2",
             "--val-every", "1", "--out", str(out), "--quiet", check=True)
     return out
+
+
+class StopAt(Callback):
+    """Kill a run (as an exception) when it reaches ``step``, before later callbacks (the
+    loggers) hear of that step: the in-process stand-in for kill -9 in resume tests."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, step: int, logs: dict) -> None:
+        if step == self.step:
+            raise KeyboardInterrupt

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from segcl.config import DataConfig, FinetuneConfig, OptimConfig, PretrainConfig
-from segcl.engine.callbacks import Callback
 from segcl.engine.finetune import finetune
 from segcl.engine.pretrain import pretrain
 from segcl.engine.rundir import clear_run
@@ -21,7 +20,7 @@ from segcl.errors import ConfigError
 from segcl.loggers import LOGGERS, build_loggers
 from segcl.loggers.base import metric_name, scalars
 from segcl.viz import default_palette, mask_rgb, prediction_panel
-from tests.conftest import run_cli
+from tests.conftest import StopAt, run_cli
 
 CLASSES = ["background", "disc", "square", "triangle"]  # the synthetic dataset's
 
@@ -40,21 +39,10 @@ def _records(out: Path) -> tuple[dict[int, dict], dict[int, dict]]:
             {r["step"]: r for r in rows if r.get("split") == "val"})
 
 
-class _StopAt(Callback):
-    """Kill the run (as an exception) at ``step``, before any logger hears of it."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step(self, step: int, logs: dict) -> None:
-        if step == self.step:
-            raise KeyboardInterrupt
-
-
 def _killed_and_resumed(cfg: FinetuneConfig) -> None:
     """Stop at step 6 (the last checkpoint is step 4; the loggers have seen step 5), resume."""
     with pytest.raises(KeyboardInterrupt):
-        finetune(cfg, _StopAt(6))
+        finetune(cfg, StopAt(6))
     finetune(cfg, resume=True)
 
 
@@ -190,7 +178,7 @@ def test_mlflow_resume_continues_the_run_without_duplicate_steps(synthetic_data,
     out = tmp_path / "ml-resume"
     cfg = _cfg(synthetic_data, out, ["mlflow"])
     with pytest.raises(KeyboardInterrupt):
-        finetune(cfg, _StopAt(6))
+        finetune(cfg, StopAt(6))
     run_id = json.loads((out / "mlflow.json").read_text())["run_id"]
     client = MlflowClient(mlflow_store)
     assert client.get_run(run_id).info.status == "RUNNING"

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 
 from segcl.config import DataConfig, FinetuneConfig, SemiConfig
 from segcl.data.transforms import WeakStrongTransform, cutmix_box
-from segcl.engine.callbacks import Callback
 from segcl.engine.checkpoint import read_weights
 from segcl.engine.data_setup import StreamSampler
 from segcl.engine.finetune import finetune
 from segcl.engine.semi import PseudoLabels, consistency_loss, mix_views, pseudo_labels
 from segcl.errors import ConfigError
+from tests.conftest import StopAt
 
 
 def _image(h: int = 40, w: int = 50) -> np.ndarray:
@@ -104,17 +104,6 @@ def test_semi_config_is_validated() -> None:
         SemiConfig(strong_views=0)
 
 
-class _StopAt(Callback):
-    """Kill the run (as an exception) when it reaches ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step(self, step: int, logs: dict) -> None:
-        if step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_semi_finetune_logs_the_unlabelled_loss_and_resumes_bit_exact(synthetic_data,
                                                                       tmp_path) -> None:
     def config(out: str) -> FinetuneConfig:
@@ -131,7 +120,7 @@ def test_semi_finetune_logs_the_unlabelled_loss_and_resumes_bit_exact(synthetic_
 
     killed = config(str(tmp_path / "killed"))
     with pytest.raises(KeyboardInterrupt):
-        finetune(killed, _StopAt(5))  # the last checkpoint is the end of epoch 2 (step 4)
+        finetune(killed, StopAt(5))  # the last checkpoint is the end of epoch 2 (step 4)
     finetune(killed, resume=True)
     a, b = read_weights(tmp_path / "full" / "last"), read_weights(tmp_path / "killed" / "last")
     assert all(torch.equal(a[k], b[k]) for k in a)
