@@ -79,6 +79,10 @@ FINETUNE_ARMS = {
     "semi-shared": ["--semi", "--semi-shared-forward"],
     "semi+contrast": ["--semi", "--semi-shared-forward", "--contrast", "cross-image",
                       "--contrast-warmup", "200"],
+    # a mean teacher: the EMA of the weights (evaluation mode) gives the pseudo-labels and is
+    # the model kept; no feature-perturbation branch (1.6x a supervised step instead of 2.2x)
+    "semi-ema": ["--semi", "--ema", "0.99", "--semi-teacher", "ema", "--no-semi-fp"],
+    "ema": ["--ema", "0.99"],
 }
 
 

@@ -50,7 +50,7 @@ CHECKS: dict[str, dict[str, str]] = {
                        "pseudo_threshold": "probability",
                        "pseudo_background_threshold": "probability",
                        "brightness": "nonneg", "contrast_jitter": "nonneg", "seed": "nonneg",
-                       "patience": "nonneg", "log_images": "nonneg"},
+                       "patience": "nonneg", "log_images": "nonneg", "ema": "below1"},
     "LossConfig": {"focal_gamma": "nonneg", "ohem_threshold": "probability",
                    "ohem_min_kept": "nonneg"},
     "PretrainConfig": {"epochs": "positive", "steps": "positive", "batch_size": "positive",
@@ -62,10 +62,14 @@ CHECKS: dict[str, dict[str, str]] = {
     "ExportConfig": {"check_count": "positive", "max_diff": "positive", "batch_size": "positive"},
 }
 
+#: where ``--semi`` takes its pseudo-labels from (SemiConfig.teacher)
+SEMI_TEACHERS = ("student", "ema")
+
 #: Fields whose value is one name from a fixed vocabulary (for a list field: each item).
 CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "LossConfig": {"name": SUPERVISED_LOSSES},
     "FinetuneConfig": {"loggers": LOGGERS},
+    "SemiConfig": {"teacher": SEMI_TEACHERS},
     "PretrainConfig": {"loggers": LOGGERS},
 }
 
@@ -76,6 +80,7 @@ OPTION_NAMES = {"LossConfig.name": "--loss", "FinetuneConfig.loggers": "--logger
                 "SemiConfig.strong_views": "--semi-views", "SemiConfig.cutmix": "--semi-cutmix",
                 "SemiConfig.warmup_steps": "--semi-warmup",
                 "SemiConfig.batch_size": "--unlabeled-batch-size",
+                "SemiConfig.teacher": "--semi-teacher",
                 "ContrastConfig.weight": "--contrast-weight",
                 "ContrastConfig.warmup_steps": "--contrast-warmup",
                 "ContrastConfig.temperature": "--contrast-temperature"}
@@ -348,6 +353,9 @@ class SemiConfig:
         shared_forward: the weak views share the labelled images' forward pass and every
             forward updates the batch-norm running statistics (UniMatch); by default the
             unlabelled views have forwards of their own that leave those statistics alone.
+        teacher: where the pseudo-labels come from: ``student`` (the model being trained, in
+            training mode: UniMatch, FixMatch) or ``ema`` (the moving average of its weights
+            in evaluation mode, a mean teacher; needs ``FinetuneConfig.ema``).
     """
 
     enabled: bool = False
@@ -359,6 +367,7 @@ class SemiConfig:
     warmup_steps: int = 0
     batch_size: int | None = None
     shared_forward: bool = False
+    teacher: str = "student"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -433,6 +442,8 @@ class FinetuneConfig:
     also get ``log_images`` fixed validation images with their predicted masks.
     ``patience``: early stopping -- stop after this many validations in a row without a higher
     val mIoU (``None`` or 0: off). ``best/`` keeps the best model either way.
+    ``ema``: decay of an exponential moving average of the weights (:mod:`segcl.engine.ema`;
+    ``None``: off); when set, the average is the model validated, kept and exported.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -468,11 +479,14 @@ class FinetuneConfig:
     log_images: int = 4
     checkpoint_every: str | None = None
     patience: int | None = None
+    ema: float | None = None
     command: str | None = None
 
     def __post_init__(self) -> None:
         self.loggers = _logger_list(self.loggers)
         check_fields(self)
+        if self.semi.teacher == "ema" and self.ema is None:
+            raise ConfigError("--semi-teacher ema needs --ema DECAY (e.g. --ema 0.99)")
         parse_every(self.checkpoint_every)
         check_encoder_weights(self.encoder, self.encoder_weights)
         if self.init_parts != "auto" and not self.init:

@@ -20,6 +20,10 @@ FINETUNE_EPILOG = """
   # 1/8 of the masks, the other images unlabelled: online semi-supervised (UniMatch)
   segcl finetune data/camvid --layout camvid --labeled-fraction 0.125 --semi --out runs/camvid-semi
 
+  # the same with a mean teacher: an EMA of the weights gives the pseudo-labels (and is kept)
+  segcl finetune data/camvid --layout camvid --labeled-fraction 0.125 --semi --ema 0.99 \\
+      --semi-teacher ema --out runs/camvid-semi-ema
+
   segcl finetune data/camvid --init runs/camvid-supcon --lr 0.007 --out runs/camvid-ft
 
   # a plain ViT at any input size, with SegFormer's all-MLP decoder
@@ -116,6 +120,14 @@ def register(app: typer.Typer) -> None:
             "batch-norm statistics (UniMatch); needed for --contrast on pseudo-labels.")] = False,
         unlabeled_batch_size: Annotated[int | None, typer.Option(
             help="Unlabelled images per step (default: --batch-size).")] = None,
+        semi_teacher: Annotated[str, typer.Option(
+            help="Where --semi's pseudo-labels come from: student (the model being trained, "
+                 "as UniMatch) or ema (the moving average of its weights, a mean teacher; "
+                 "needs --ema).")] = "student",
+        ema: Annotated[float | None, typer.Option(
+            help="Keep an exponential moving average of the weights with this decay (e.g. "
+                 "0.99, warmed up from 0); the average is what is validated, kept and "
+                 "exported.")] = None,
         loss: Annotated[str, typer.Option(
             help="Supervised loss of the labelled images: ce (cross-entropy), dice (soft Dice, "
                  "V-Net), focal (Lin et al.) or ce+dice (their sum).")] = "ce",
@@ -174,7 +186,7 @@ def register(app: typer.Typer) -> None:
                                 strong_views=semi_views, feature_perturbation=semi_fp,
                                 cutmix=semi_cutmix, warmup_steps=semi_warmup,
                                 batch_size=unlabeled_batch_size,
-                                shared_forward=semi_shared_forward),
+                                shared_forward=semi_shared_forward, teacher=semi_teacher),
                 loss=LossConfig(name=loss, class_weights=class_weights, ohem=ohem,
                                 ohem_threshold=ohem_threshold, ohem_min_kept=ohem_min_kept,
                                 focal_gamma=focal_gamma),
@@ -182,7 +194,7 @@ def register(app: typer.Typer) -> None:
                 out=str(out), encoder=encoder, decoder=decoder, init=init, init_parts=init_parts,
                 encoder_weights=encoder_weights, pseudo_labels=pseudo_labels, epochs=epochs,
                 steps=steps, batch_size=batch_size, val_every=val_every, patience=patience,
-                eval_mode=eval_mode,
+                eval_mode=eval_mode, ema=ema,
                 brightness=brightness, contrast_jitter=contrast_jitter, amp=amp, device=device,
                 seed=seed, command=command_line(),
             )

@@ -50,6 +50,7 @@ from segcl.engine.checkpoint import (
     save_checkpoint,
 )
 from segcl.engine.data_setup import load_splits, normalization, train_loader
+from segcl.engine.ema import WeightAverage
 from segcl.engine.evaluate import eval_loader, evaluate_loader
 from segcl.engine.loop import Job, train_loop
 from segcl.engine.optim import build_optimizer
@@ -60,6 +61,9 @@ from segcl.engine.supervised import build_supervised_loss
 from segcl.errors import CheckpointError, ConfigError
 from segcl.methods.base import FinetuneData, FinetuneMethod, FinetuneStep
 from segcl.models import ModelConfig, SegmentationModel
+
+#: prefix of the trained (not averaged) weights in ``last/``'s training state under ``--ema``
+TRAINED = "trained."
 
 SUMMARY_KEYS = ("miou", "pixel_accuracy", "mean_accuracy", "mean_f1", "mean_precision",
                 "mean_recall")
@@ -134,9 +138,11 @@ class _TrainStep(nn.Module):
 
     def __init__(self, model: SegmentationModel, methods: tuple[FinetuneMethod, ...],
                  parts: dict[str, nn.Module], cfg: FinetuneConfig, ignore_index: int,
-                 criterion: nn.Module):
+                 criterion: nn.Module, teacher: nn.Module | None = None):
         super().__init__()
         self.model = model
+        # the moving average (--ema) is not trained: kept out of the submodules (and of DDP)
+        self.__dict__["teacher"] = teacher
         self.criterion = criterion  # (logits, mask) -> (loss, {term: value})
         self.parts = nn.ModuleDict(parts)  # the methods' modules, by method name
         self.methods, self.cfg, self.ignore_index = methods, cfg, ignore_index
@@ -157,7 +163,7 @@ class _TrainStep(nn.Module):
         logits = self.model.classify(dense, image.shape[-2:])
         loss, logs = self.criterion(logits[:n].float(), mask)
         state = FinetuneStep(self.cfg, self.model, step, n, mask, self.ignore_index, feats, dense,
-                             logits, batches, segments)
+                             logits, batches, segments, teacher=self.teacher)
         parts = dict(self.parts.items())
         for method in self.methods:
             out = method.loss(parts.get(method.name), state)
@@ -242,6 +248,8 @@ def _finetune(
             parts[method.name] = part
     channels_last = cfg.channels_last and device.type == "cuda"
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    ema = WeightAverage(model, cfg.ema) if cfg.ema is not None else None
+    evaluated = ema.module if ema is not None else model  # validated, kept and exported
     modules = [model] + [part.to(device) for part in parts.values()]
     optimizer = build_optimizer(modules, cfg.optim)
     amp = amp_dtype(device, cfg.amp)
@@ -250,10 +258,16 @@ def _finetune(
     st = train_state.TrainState()
     if resume:
         weights = {k: v for k, v in read_weights(run.last).items() if not k.startswith("heads.")}
-        load_state_into(model, weights, str(run.last))
+        load_state_into(evaluated, weights, str(run.last))
         for method in methods:
             method.load_state(parts.get(method.name), run.last)
-        st = train_state.unpack(*read_training_state(run.last), optimizer, scaler)
+        tensors, meta = read_training_state(run.last)
+        if ema is not None:  # last/ exports the average; the trained weights are resume state
+            trained = {k[len(TRAINED):]: v for k, v in tensors.items() if k.startswith(TRAINED)}
+            if not trained:
+                raise CheckpointError(f"{run.last}: saved without --ema, cannot resume with it")
+            load_state_into(model, trained, str(run.last))
+        st = train_state.unpack(tensors, meta, optimizer, scaler)
         run.truncate_metrics(st.step)
         cb.on_message(f"resumed {run.path} at step {st.step} (epoch {st.epoch})")
     # second data streams (indexed by step, so a resumed run draws the same batches)
@@ -264,7 +278,8 @@ def _finetune(
             streams[method.name] = stream
     # a module may get no gradient in some steps (a warm-up): DDP must be told to expect that
     step_module = distributed.wrap(
-        _TrainStep(model, methods, parts, cfg, info.ignore_index, criterion), ctx,
+        _TrainStep(model, methods, parts, cfg, info.ignore_index, criterion,
+                   ema.module if ema is not None and cfg.semi.teacher == "ema" else None), ctx,
         find_unused_parameters=any(m.unused_parameters(cfg) for m in methods if m.name in parts),
         sync_buffers=False,  # the methods' buffers (memory-bank queues) are large and in sync
     )
@@ -272,7 +287,7 @@ def _finetune(
         cb.on_message(f"training on {ctx.world} processes, batch {batch_size} per process")
     cfg = replace(cfg, steps=total_steps)
     if ctx.is_main:  # the loggers first: one that cannot start leaves no config.yaml behind
-        previews = (ValPreviews(model, splits.val, info, size, mean, std, device, amp,
+        previews = (ValPreviews(evaluated, splits.val, info, size, mean, std, device, amp,
                                 cfg.log_images) if cfg.log_images else None)
         cb.on_run(RunInfo(run.path, "finetune", resume, st.step, to_dict(cfg), info.classes,
                           info.palette, info.ignore_index, previews))
@@ -283,18 +298,22 @@ def _finetune(
                                    command=cfg.command, metrics=metrics,
                                    encoder_weights=encoder_weights)
         config["train"] = to_dict(cfg)
-        weights = model.state_dict()
+        weights = evaluated.state_dict()
+        state = None
         if with_state:  # the methods' heads and queues are not part of the export
             extra: dict[str, Tensor] = {}
             for method in methods:
                 extra.update(method.state_for_checkpoint(parts.get(method.name)))
             if extra:
                 weights = {**weights, **extra}
-        save_checkpoint(folder, weights, config,
-                        train_state.pack(st, optimizer, scaler) if with_state else None)
+            state = train_state.pack(st, optimizer, scaler)
+            if ema is not None:
+                state[0].update({TRAINED + k: v.detach().cpu().contiguous()
+                                 for k, v in model.state_dict().items()})
+        save_checkpoint(folder, weights, config, state)
 
     def validate() -> dict[str, Any]:
-        metrics = evaluate_loader(model, val_loader, info, device, size, cfg.eval_mode, amp,
+        metrics = evaluate_loader(evaluated, val_loader, info, device, size, cfg.eval_mode, amp,
                                   channels_last)
         record = {"step": st.step, "epoch": st.epoch, "split": "val", **summary(metrics)}
         run.log(record)
@@ -337,7 +356,8 @@ def _finetune(
         train_loop(Job("finetune", loader, sampler, batch_size, total_steps, forward,
                        model.parameters, optimizer, scaler, cfg.optim, amp, device,
                        channels_last, cfg.log_every, cfg.checkpoint_every,
-                       lambda: save(run.last, None, with_state=True), end_epoch),
+                       lambda: save(run.last, None, with_state=True), end_epoch,
+                       after_step=(None if ema is None else lambda step: ema.update(model, step))),
                    st, run, ctx, cb)
 
     result = {"run_dir": str(run.path), "best_miou": st.best_metric, "best_step": st.best_step,

@@ -44,6 +44,8 @@ class Job:
             training early.
         last_logs: the values of the latest logged step, updated in place (checkpoints record
             them).
+        after_step: called with the new step count after every optimiser step (the moving
+            average of the weights, ``--ema``).
     """
 
     name: str
@@ -64,6 +66,7 @@ class Job:
     save_last: Callable[[], None]
     end_epoch: Callable[[], bool]
     last_logs: dict[str, float] = field(default_factory=dict)
+    after_step: Callable[[int], None] | None = None
 
 
 def train_loop(job: Job, st: TrainState, run: RunDir, ctx: distributed.DistContext,
@@ -91,6 +94,8 @@ def train_loop(job: Job, st: TrainState, run: RunDir, ctx: distributed.DistConte
             job.scaler.update()
             st.step += 1
             st.epoch_step += 1
+            if job.after_step is not None:
+                job.after_step(st.step)
             seen += job.batch_size * ctx.world  # (the loaders drop incomplete batches)
             if st.step % job.log_every == 0 or st.step == job.total_steps:
                 values = distributed.mean_over_ranks({"loss": loss, **terms}, ctx)

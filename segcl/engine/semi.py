@@ -95,12 +95,14 @@ def running_stats_frozen(model: nn.Module, frozen: bool) -> Iterator[None]:
 
 def unlabeled_loss(
     model: SegmentationModel,
-    feats_weak: list[Tensor],
+    feats_weak: list[Tensor] | None,
     logits_weak: Tensor,
     batch: dict[str, Tensor],
     cfg: SemiConfig,
 ) -> tuple[Tensor, dict[str, Tensor], PseudoLabels]:
-    """``L_u`` of one step, from the weak view's encoder features and logits.
+    """``L_u`` of one step, from the weak view's encoder features (the student's; ``None`` only
+    without feature perturbation) and the logits that give the pseudo-labels (the student's or
+    a teacher's).
 
     ``batch`` holds the unlabelled views of :class:`segcl.data.WeakStrongTransform`
     (``image``, ``strong1..K``, ``box1..K``, ``valid``). Returns the loss, its logged terms and
@@ -121,6 +123,7 @@ def unlabeled_loss(
             / target.valid.sum().clamp(min=1)}
     loss = loss_s
     if cfg.feature_perturbation:
+        assert feats_weak is not None, "feature perturbation needs the weak view's features"
         dropped = [F.dropout2d(f, 0.5, training=True) for f in feats_weak]
         with running_stats_frozen(model, not cfg.shared_forward):
             logits_fp = model.classify(model.decoder(dropped), size)

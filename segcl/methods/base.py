@@ -150,6 +150,8 @@ class FinetuneStep:
     the crop size ``(B, K, H, W)`` of that batch; ``batches[name]`` is the batch a method drew
     from its stream. A method may give labels to its images in ``targets[name]``
     (``(rows, H, W)``, ``ignore_index`` where unknown) for the methods composed after it.
+    ``teacher`` is the moving average of the model's weights when a method should take its
+    targets from it (``--semi-teacher ema``; evaluation mode, no gradient), else ``None``.
     """
 
     cfg: FinetuneConfig
@@ -164,6 +166,7 @@ class FinetuneStep:
     batches: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     segments: dict[str, slice] = field(default_factory=dict)
     targets: dict[str, Tensor] = field(default_factory=dict)
+    teacher: nn.Module | None = None
 
     def labels(self) -> Tensor:
         """``(B, H, W)`` labels of the whole forward batch: ``mask`` on the labelled images,

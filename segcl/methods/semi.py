@@ -43,6 +43,12 @@ forward pass and every forward updates the running averages, as in UniMatch; the
 generated data of ``segcl demo`` (8 labelled images, seed 0, 150 steps) the shared forward cost
 9 points of val mIoU even with the unlabelled loss weighted 0; the separate forward did not.
 
+Teacher: by default the pseudo-labels come from the student's own weak-view forward (training
+mode), as in FixMatch and UniMatch. With ``--ema DECAY --semi-teacher ema`` they come from the
+moving average of the student's weights instead (a mean teacher, Tarvainen & Valpola, NeurIPS
+2017; :mod:`segcl.engine.ema`), run in evaluation mode: ``p = softmax(f_ema(x^w))``; the
+student's weak-view forward then only feeds the feature-perturbation branch.
+
 UniMatch's defaults: ``tau`` = 0.95 (``--semi-threshold``), ``K`` = 2 strong views
 (``--semi-views``), CutMix probability 0.5 (``--semi-cutmix``), ``lambda`` = 1
 (``--semi-weight``; UniMatch's ``(L_x + L_u) / 2`` is the same objective with half the learning
@@ -122,13 +128,22 @@ class Semi(FinetuneMethod):
         from segcl.engine.semi import running_stats_frozen, unlabeled_loss
 
         semi = step.cfg.semi
+        feats: list[Tensor] | None = None
+        logits: Tensor | None = None
         if semi.shared_forward:
             rows = step.segments[self.name]
             feats, logits = [f[rows] for f in step.feats], step.logits[rows]
-        else:  # a forward of its own, which leaves the running statistics alone
+        elif semi.feature_perturbation or step.teacher is None:
+            # a forward of its own, which leaves the running statistics alone
             with running_stats_frozen(step.model, True):
                 feats, dense = step.model.forward_dense(batch["image"])
                 logits = step.model.classify(dense, batch["image"].shape[-2:])
+        if step.teacher is not None:  # mean teacher: the average labels the weak views
+            import torch
+
+            with torch.no_grad():
+                logits = step.teacher(batch["image"])
+        assert logits is not None
         loss_u, terms, target = unlabeled_loss(step.model, feats, logits, batch, semi)
         if semi.shared_forward:  # later methods (the contrast) see these rows' pseudo-labels
             step.targets[self.name] = target.masked(semi.threshold, step.ignore_index)
