@@ -191,6 +191,21 @@ def _label_gap(groups: dict[tuple[str, float, int], list[dict[str, Any]]]) -> li
     return lines
 
 
+def _paired_gain(rs: list[dict[str, Any]], base_rs: list[dict[str, Any]]) -> str:
+    """Final mIoU of ``rs`` minus ``base_rs``'s, paired by seed (same labelled subset and
+    initialisation); mean ± std over the shared seeds, ``-`` when none is shared or ``rs`` is
+    the base itself."""
+    if rs is base_rs:
+        return "-"
+    base = {r["seed"]: r["miou_final"] for r in base_rs if r.get("miou_final") is not None}
+    diffs = [(r["miou_final"] - base[r["seed"]]) * 100
+             for r in rs if r["seed"] in base and r.get("miou_final") is not None]
+    if not diffs:
+        return "-"
+    shown = _stats([d / 100 for d in diffs]) if len(diffs) > 1 else f"{diffs[0]:+.2f}"
+    return f"{shown} ({len(diffs)} seed{'s' * (len(diffs) > 1)})"
+
+
 def _minutes(rs: list[dict[str, Any]]) -> str:
     known = [r["minutes"] for r in rs if r.get("minutes") is not None]
     return f"{statistics.fmean(known):.1f}" if known else "-"
@@ -203,24 +218,23 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
     for r in results:  # one row per arm, fraction and schedule
         groups.setdefault((r["arm"], r["fraction"], r["budget_steps"]), []).append(r)
     lines = ["| arm | labelled | seeds | steps | val mIoU (val-selected) | val mIoU (final) "
-             "| gain over random (final, paired by seed) | gain at equal compute | "
-             "minutes per run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| gain over random (final, paired by seed) | gain over random with the same "
+             "[recipe] | gain at equal compute | minutes per run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (arm, frac, steps), rs in sorted(groups.items(), key=_row_order):
-        base = {r["seed"]: r for r in groups.get(("random", frac, steps), [])
-                if "miou_final" in r}
-        paired = [(r["miou_final"] - base[r["seed"]]["miou_final"]) * 100
-                  for r in rs if r["seed"] in base and "miou_final" in r]
-        gain = "-"
-        if paired and arm != "random":  # same seeds = same labelled subsets and initialisation
-            gain = (_stats([d / 100 for d in paired]) if len(paired) > 1
-                    else f"{paired[0]:+.2f}") + f" ({len(paired)} seed{'s' * (len(paired) > 1)})"
+        gain = _paired_gain(rs, groups.get(("random", frac, steps), []))
+        # a tagged arm ("semi [ce+dice]") against labels alone with the same recipe
+        # ("random [ce+dice]"): what the unlabelled images add on top of that recipe
+        tag = arm[arm.index("["):] if "[" in arm else ""
+        recipe = "-"
+        if tag and not arm.startswith("random"):
+            recipe = _paired_gain(rs, groups.get((f"random {tag}", frac, steps), []))
         final = _stats([r["miou_final"] for r in rs]) if all("miou_final" in r for r in rs) else "-"
         lines.append(
             f"| {arm} | {frac:g} ({rs[0]['labeled_images']} img) | "
             f"{','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
             f"{rs[0]['budget_steps']} | {_stats([r['miou'] for r in rs])} | {final} | {gain} | "
-            f"{_equal_compute(arm, frac, rs, groups)} | {_minutes(rs)} |")
+            f"{recipe} | {_equal_compute(arm, frac, rs, groups)} | {_minutes(rs)} |")
     lines += _label_gap(groups)
     lines += ["", "Per-class IoU (final checkpoint, mean over seeds); the thin classes are "
               "marked with *.", ""]
