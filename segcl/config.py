@@ -645,8 +645,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 #: what a config file must give for a field whose default is of one of these types (numbers
-#: are checked by :data:`CHECKS`; fields that default to ``None`` take what the code accepts)
-_KINDS = {dict: "a mapping of settings", bool: "true or false", str: "a string", list: "a list"}
+#: are checked by :data:`CHECKS`; lists and fields that default to ``None`` are normalised or
+#: checked by their config)
+_KINDS = {dict: "a mapping of settings", bool: "true or false", str: "a string"}
 
 
 def from_dict(cls: type[T], d: dict[str, Any], section: str = "") -> T:

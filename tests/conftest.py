@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,19 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None,
     if check and proc.returncode != 0:
         raise AssertionError(f"segcl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def forged_png(side: int) -> bytes:
+    """A tiny valid PNG whose header claims ``side`` x ``side`` pixels (a decompression bomb's
+    header, without the bomb)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
 
 
 def run_torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:

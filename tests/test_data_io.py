@@ -58,20 +58,11 @@ def test_exif_orientation_is_ignored_like_the_masks(tmp_path) -> None:
 
 @pytest.mark.parametrize("side", [100_000, 20_000])
 def test_a_forged_huge_header_is_refused_before_decoding(tmp_path, monkeypatch, side) -> None:
-    import struct
-    import zlib
-
     from segcl.data import read_image
     from segcl.errors import DataError
+    from tests.conftest import forged_png
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
-           + chunk(b"IEND", b""))
-    (tmp_path / "big.png").write_bytes(png)
+    (tmp_path / "big.png").write_bytes(forged_png(side))
     monkeypatch.setenv("SEGCL_MAX_IMAGE_PIXELS", str(10_000 * 10_000))
     with pytest.raises(DataError, match=r"big\.png: .*more than the limit"):
         read_image(tmp_path / "big.png")

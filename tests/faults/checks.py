@@ -58,11 +58,11 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 def expect(args: Sequence[str | Path], cwd: Path, watched: Iterable[Path],
            names: Sequence[str] = (), status: int = 2, writes: Iterable[Path] = (),
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``segcl ARGS`` in ``cwd`` and assert the behaviour of a refused command.
+    """Run ``segcl ARGS`` in ``cwd`` and assert how it ends.
 
     - the exit status is ``status``;
-    - no traceback; with ``status`` 2, exactly one ``Error:`` line, holding every one of
-      ``names`` (the option, the file, the key);
+    - no traceback; with ``status`` 2 (refused), exactly one ``Error:`` line, holding every one
+      of ``names`` (the option, the file, the key); otherwise no ``Error:`` line;
     - nothing under ``cwd`` and ``watched`` changed except the paths in ``writes`` (and what
       lies under them), and no ``*.tmp`` file is left anywhere there.
     """
@@ -77,6 +77,8 @@ def expect(args: Sequence[str | Path], cwd: Path, watched: Iterable[Path],
         assert len(lines) == 1, shown
         for name in names:
             assert name in lines[0], f"{name!r} not named in: {lines[0]}"
+    else:
+        assert not error_lines(proc), shown
     after = snapshot(*roots)
     allowed = [str(cwd / p) for p in writes]
     unexpected = {p for p in changes(before, after)

@@ -20,21 +20,27 @@ import yaml
 from tests.faults.checks import TRAIN, case, expect
 
 Setup = Callable[[Path, Path, Path], list[str]]  # (folder, tiny run, data) -> the command
+Edit = Callable[[dict[str, Any]], Any] | str  # edits the parsed file, or replaces its text
 
 
-def checkpoint(edit: Callable[[dict[str, Any]], Any] | str, command: str = "evaluate") -> Setup:
-    """A copy of the tiny run's best/ checkpoint as ``ck/``, its config.json edited (or
-    replaced by a text), read by ``command``."""
+def rewrite(path: Path, edit: Edit, load: Callable[[str], Any],
+            dump: Callable[[Any], str]) -> None:
+    """Apply ``edit`` to the file at ``path`` (parsed with ``load``, written with ``dump``)."""
+    if isinstance(edit, str):
+        path.write_text(edit)
+    else:
+        content = load(path.read_text())
+        edit(content)
+        path.write_text(dump(content))
+
+
+def checkpoint(edit: Edit, command: str = "evaluate") -> Setup:
+    """A copy of the tiny run's best/ checkpoint as ``ck/``, its config.json edited, read by
+    ``command``."""
 
     def setup(folder: Path, run: Path, data: Path) -> list[str]:
         shutil.copytree(run / "best", folder / "ck")
-        path = folder / "ck" / "config.json"
-        if isinstance(edit, str):
-            path.write_text(edit)
-        else:
-            config = json.loads(path.read_text())
-            edit(config)
-            path.write_text(json.dumps(config))
+        rewrite(folder / "ck" / "config.json", edit, json.loads, json.dumps)
         return {"evaluate": ["evaluate", "ck", str(data), "--workers", "0", "--quiet"],
                 "predict": ["predict", "ck", str(data / "val" / "images"), "--out", "pred"],
                 "init": ["finetune", str(data), *TRAIN, "--init", "ck", "--out", "run"],
@@ -43,19 +49,14 @@ def checkpoint(edit: Callable[[dict[str, Any]], Any] | str, command: str = "eval
     return setup
 
 
-def run_config(edit: Callable[[dict[str, Any]], Any] | str, command: str = "finetune") -> Setup:
-    """A run folder ``run/`` holding the tiny run's config.yaml, edited (or replaced by a text),
-    resumed by ``command``."""
+def run_config(edit: Edit, command: str = "finetune") -> Setup:
+    """A run folder ``run/`` holding the tiny run's config.yaml, edited, resumed by
+    ``command``."""
 
     def setup(folder: Path, run: Path, data: Path) -> list[str]:
         (folder / "run").mkdir()
-        path = folder / "run" / "config.yaml"
-        if isinstance(edit, str):
-            path.write_text(edit)
-        else:
-            config = yaml.safe_load((run / "config.yaml").read_text())
-            edit(config)
-            path.write_text(yaml.safe_dump(config))
+        shutil.copy(run / "config.yaml", folder / "run" / "config.yaml")
+        rewrite(folder / "run" / "config.yaml", edit, yaml.safe_load, yaml.safe_dump)
         return [command, "--resume", "--out", "run"]
 
     return setup
@@ -73,6 +74,8 @@ def dataset_yaml(text: str) -> Setup:
 
 
 def no_run(make_folder: bool) -> Setup:
+    """``--resume`` on a folder without a run (an empty one, or none at all)."""
+
     def setup(folder: Path, run: Path, data: Path) -> list[str]:
         if make_folder:
             (folder / "run").mkdir()

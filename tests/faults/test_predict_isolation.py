@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,22 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import forged_png
 from tests.faults.checks import case, expect
 
 #: the image size limit of the run (the synthetic images have 48 x 64 = 3072 pixels)
 LIMIT = 10_000
-
-
-def forged_png(side: int) -> bytes:
-    """A tiny PNG whose header claims ``side`` x ``side`` pixels."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
-            + chunk(b"IEND", b""))
 
 
 def encoded(ext: str, height: int = 48, width: int = 64) -> bytes:
