@@ -142,7 +142,7 @@ def test_registering_a_method_makes_it_available(dummy, synthetic_data: Path,
     # the CLI lists it (the help text is built from the registry)
     app = typer.Typer()
     app.callback()(lambda: None)
-    pretrain_cli.register(app)
+    app.add_typer(pretrain_cli.app)
     command = typer.main.get_command(app).commands["pretrain"]  # type: ignore[attr-defined]
     method_help = next(p.help for p in command.params if p.name == "method")
     assert "dummy (global term" in " ".join(method_help.split())

@@ -261,7 +261,7 @@ def _cli() -> typer.Typer:
     def _root() -> None:
         """Test app."""
 
-    pretrain_cli.register(app)
+    app.add_typer(pretrain_cli.app)
     return app
 
 

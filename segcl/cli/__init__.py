@@ -46,15 +46,12 @@ def _root(
 
 
 def _register() -> None:
-    from segcl.cli import demo, export, infer, pretrain, train
-    from segcl.cli.hub import app as hub_app
+    from segcl.cli import demo, export, finetune, hub, infer, pretrain
 
-    pretrain.register(app)
-    train.register(app)
-    infer.register(app)
-    export.register(app)
-    demo.register(app)
-    app.add_typer(hub_app, name="hub", help="Push, pull, list and rebuild named checkpoints.")
+    # each module's sub-app holds module-level commands; unnamed, they join the root app
+    for module in (pretrain, finetune, infer, export, demo):
+        app.add_typer(module.app)
+    app.add_typer(hub.app, name="hub", help="Push, pull, list and rebuild named checkpoints.")
 
 
 _register()

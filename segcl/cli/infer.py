@@ -67,95 +67,98 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(epilog=EVALUATE_EPILOG)
-    def evaluate(
-        model: Model,
-        data: o.Data,
-        split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
-        layout: o.Layout = "auto",
-        mode: o.EvalMode = "resize",
-        batch_size: o.BatchSize = 4,
-        json_out: Annotated[Path | None, typer.Option("--json", help="Write all metrics "
-                                                                     "(per class too) here.")]
-        = None,
-        confusion: Annotated[Path | None, typer.Option(help="Write the confusion matrix as a "
-                                                            "PNG here.")] = None,
-        device: o.Device = "auto",
-        workers: o.Workers = 2,
-        tta: o.TTA = None,
-        quiet: o.Quiet = False,
-    ) -> None:
-        """mIoU, per-class IoU, F1/Dice, precision, recall and accuracy of a model on a split.
+app = typer.Typer()  # its commands join the root app (segcl.cli)
 
-        Metrics are computed at each mask's full resolution; the ignore index is excluded.
-        """
-        from segcl.config import TTAConfig
-        from segcl.fileio import atomic_write_text, check_target
 
-        for target in (json_out, confusion):  # refused before the evaluation, not after it
-            if target is not None:
-                check_target(target)
-        from segcl.engine.evaluate import evaluate as run_evaluate
+@app.command(epilog=EVALUATE_EPILOG)
+def evaluate(
+    model: Model,
+    data: o.Data,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    layout: o.Layout = "auto",
+    mode: o.EvalMode = "resize",
+    batch_size: o.BatchSize = 4,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all metrics "
+                                                                 "(per class too) here.")]
+    = None,
+    confusion: Annotated[Path | None, typer.Option(help="Write the confusion matrix as a "
+                                                        "PNG here.")] = None,
+    device: o.Device = "auto",
+    workers: o.Workers = 2,
+    tta: o.TTA = None,
+    quiet: o.Quiet = False,
+) -> None:
+    """mIoU, per-class IoU, F1/Dice, precision, recall and accuracy of a model on a split.
 
-        metrics = run_evaluate(model, str(data), split=split, layout=layout, mode=mode,
-                               batch_size=batch_size, device=device, workers=workers,
-                               callback=RichProgress(quiet), tta=TTAConfig.parse(tta))
-        if json_out is not None:
-            atomic_write_text(json_out, json.dumps({"model": model, "data": str(data),
-                                                    "split": split, "mode": mode, **metrics},
-                                                   indent=2))
-        if confusion is not None:
-            from segcl.viz import plot_confusion
+    Metrics are computed at each mask's full resolution; the ignore index is excluded.
+    """
+    from segcl.config import TTAConfig
+    from segcl.fileio import atomic_write_text, check_target
 
-            plot_confusion(metrics["confusion_matrix"], metrics["class_names"], confusion)
-        if quiet:
-            miou = metrics["miou"]
-            typer.echo("mIoU -" if miou is None else f"mIoU {miou * 100:.2f}")
-        else:
-            results.print(metrics_table(metrics))
+    for target in (json_out, confusion):  # refused before the evaluation, not after it
+        if target is not None:
+            check_target(target)
+    from segcl.engine.evaluate import evaluate as run_evaluate
 
-    @app.command(epilog=PREDICT_EPILOG)
-    def predict(
-        model: Model,
-        inputs: Annotated[list[Path], typer.Argument(help="Image files and folders "
-                                                          "(searched recursively).")],
-        out: o.Out = Path("predictions"),
-        overlay: Annotated[bool, typer.Option(help="Also write NAME_overlay.jpg blends.")] = False,
-        color: Annotated[bool, typer.Option(
-            "--color", help="Also write NAME_color.png, an RGB mask in the dataset palette, next "
-                            "to the index mask NAME.png (which is always written).")] = False,
-        save_probs: Annotated[bool, typer.Option(
-            "--save-probs", help="Also write NAME_probs.npy: per-class probabilities, C x H x W "
-                                 "float16 at the image's size (NumPy format: no extra "
-                                 "dependency, exact float16, np.load(..., mmap_mode='r') reads "
-                                 "one class without the rest); NAME.png is their argmax.")]
-        = False,
-        tta: o.TTA = None,
-        batch_size: o.BatchSize = 8,
-        mode: o.EvalMode = "resize",
-        threads: Annotated[int, typer.Option(min=1, help="Threads decoding and writing "
-                                                           "images.")] = 2,
-        device: o.Device = "auto",
-        amp: o.Amp = True,
-        quiet: o.Quiet = False,
-    ) -> None:
-        """Write a palette PNG mask (original size, relative paths kept) for every input image.
+    metrics = run_evaluate(model, str(data), split=split, layout=layout, mode=mode,
+                           batch_size=batch_size, device=device, workers=workers,
+                           callback=RichProgress(quiet), tta=TTAConfig.parse(tta))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps({"model": model, "data": str(data),
+                                                "split": split, "mode": mode, **metrics},
+                                               indent=2))
+    if confusion is not None:
+        from segcl.viz import plot_confusion
 
-        Files that cannot be read are listed at the end; the exit status is 1 if any failed.
-        An .onnx model (segcl export) runs in onnxruntime with the same pre- and
-        post-processing: on the CPU, or on CUDA with onnxruntime-gpu (--device cuda, or auto).
-        """
-        from segcl.config import TTAConfig
-        from segcl.engine.predict import predict as run_predict
+        plot_confusion(metrics["confusion_matrix"], metrics["class_names"], confusion)
+    if quiet:
+        miou = metrics["miou"]
+        typer.echo("mIoU -" if miou is None else f"mIoU {miou * 100:.2f}")
+    else:
+        results.print(metrics_table(metrics))
 
-        result = run_predict(model, inputs, out, batch_size=batch_size, device=device, mode=mode,
-                             overlay=overlay, threads=threads, amp=amp,
-                             callback=RichProgress(quiet), tta=TTAConfig.parse(tta),
-                             save_probs=save_probs, color=color)
-        results.print(f"wrote {len(result.written)} masks to {out}")
-        if result.failed:
-            console.print(f"[red]{len(result.failed)} file(s) could not be processed:")
-            for _, reason in result.failed:  # each reason names its file
-                console.print(f"  {reason}", markup=False, soft_wrap=True)
-            raise typer.Exit(1)
+
+@app.command(epilog=PREDICT_EPILOG)
+def predict(
+    model: Model,
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and folders "
+                                                      "(searched recursively).")],
+    out: o.Out = Path("predictions"),
+    overlay: Annotated[bool, typer.Option(help="Also write NAME_overlay.jpg blends.")] = False,
+    color: Annotated[bool, typer.Option(
+        "--color", help="Also write NAME_color.png, an RGB mask in the dataset palette, next "
+                        "to the index mask NAME.png (which is always written).")] = False,
+    save_probs: Annotated[bool, typer.Option(
+        "--save-probs", help="Also write NAME_probs.npy: per-class probabilities, C x H x W "
+                             "float16 at the image's size (NumPy format: no extra "
+                             "dependency, exact float16, np.load(..., mmap_mode='r') reads "
+                             "one class without the rest); NAME.png is their argmax.")]
+    = False,
+    tta: o.TTA = None,
+    batch_size: o.BatchSize = 8,
+    mode: o.EvalMode = "resize",
+    threads: Annotated[int, typer.Option(min=1, help="Threads decoding and writing "
+                                                       "images.")] = 2,
+    device: o.Device = "auto",
+    amp: o.Amp = True,
+    quiet: o.Quiet = False,
+) -> None:
+    """Write a palette PNG mask (original size, relative paths kept) for every input image.
+
+    Files that cannot be read are listed at the end; the exit status is 1 if any failed.
+    An .onnx model (segcl export) runs in onnxruntime with the same pre- and
+    post-processing: on the CPU, or on CUDA with onnxruntime-gpu (--device cuda, or auto).
+    """
+    from segcl.config import TTAConfig
+    from segcl.engine.predict import predict as run_predict
+
+    result = run_predict(model, inputs, out, batch_size=batch_size, device=device, mode=mode,
+                         overlay=overlay, threads=threads, amp=amp,
+                         callback=RichProgress(quiet), tta=TTAConfig.parse(tta),
+                         save_probs=save_probs, color=color)
+    results.print(f"wrote {len(result.written)} masks to {out}")
+    if result.failed:
+        console.print(f"[red]{len(result.failed)} file(s) could not be processed:")
+        for _, reason in result.failed:  # each reason names its file
+            console.print(f"  {reason}", markup=False, soft_wrap=True)
+        raise typer.Exit(1)

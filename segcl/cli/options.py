@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -25,6 +27,11 @@ def parse_size(text: str, option: str = "--image-size") -> tuple[int, int]:
     if len(parts) != 2 or min(parts) <= 0:
         raise ConfigError(f"{option} must look like 192x256 (height x width), got '{text}'")
     return parts[0], parts[1]
+
+
+def command_line() -> str:
+    """The command as typed, for the run's config and model card."""
+    return "segcl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def parse_classes(text: str | None) -> list[str] | None:
