@@ -12,11 +12,16 @@ import torch.nn.functional as F
 from segcl.errors import ConfigError, DataError
 from segcl.losses import (
     CrossImagePixelContrast,
+    DiceLoss,
+    FocalLoss,
     LocalContrastLoss,
     MemoryBank,
     NTXentLoss,
     PixelContrastLoss,
+    SegmentationLoss,
+    focal_loss,
     nt_xent,
+    ohem_keep,
     pixel_contrast,
     pixel_contrast_naive,
 )
@@ -640,3 +645,30 @@ def test_cross_image_with_memory_uses_then_updates_the_bank() -> None:
     before = bank.pixel_count.clone()
     loss_fn(emb, labels, logits)
     assert torch.equal(before, bank.pixel_count)  # eval mode never enqueues
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: NTXentLoss(temperature=0), "temperature"),
+        (lambda: LocalContrastLoss(temperature=-1.0), "temperature"),
+        (lambda: PixelContrastLoss(temperature=math.nan), "temperature"),
+        (lambda: PixelContrastLoss(block_size=0), "block_size"),
+        (lambda: CrossImagePixelContrast(3, max_views=0), "max_views"),
+        (lambda: MemoryBank(3, dim=0), "dim"),
+        (lambda: DiceLoss(smooth=-1.0), "smooth"),
+        (lambda: FocalLoss(gamma=-0.5), "focal gamma"),
+        (lambda: focal_loss(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long),
+                            gamma=math.nan), "focal gamma"),
+        (lambda: ohem_keep(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long),
+                           threshold=1.5), "OHEM threshold"),
+        (lambda: ohem_keep(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long),
+                           min_kept=-1), "OHEM min_kept"),
+        (lambda: SegmentationLoss("hinge"), "unknown loss 'hinge'"),
+        (lambda: SegmentationLoss("dice", ohem=True), "OHEM needs a pixel-wise term"),
+    ],
+)
+def test_every_loss_raises_config_error_for_bad_settings(build, message) -> None:
+    """One error type for a bad configuration, whichever loss; it names the argument."""
+    with pytest.raises(ConfigError, match=message):
+        build()

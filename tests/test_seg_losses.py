@@ -126,7 +126,7 @@ def test_focal_with_gamma_0_is_weighted_cross_entropy() -> None:
     w = torch.tensor([0.2, 1.0, 3.0, 1.5], dtype=torch.float64)
     _close(FocalLoss(0.0, w, IGNORE)(logits, target),
            F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE))
-    with pytest.raises(ValueError, match="gamma"):
+    with pytest.raises(ConfigError, match="gamma"):
         FocalLoss(-1.0)
 
 
@@ -208,9 +208,9 @@ def test_every_configured_loss_is_the_sum_of_its_terms() -> None:
             _close(value, expected[term])
         _close(loss, sum(expected[t] for t in terms))
         assert loss.requires_grad and not any(v.requires_grad for v in terms.values())
-    with pytest.raises(ValueError, match="OHEM needs a pixel-wise term"):
+    with pytest.raises(ConfigError, match="OHEM needs a pixel-wise term"):
         SegmentationLoss("dice", ohem=True)
-    with pytest.raises(ValueError, match="2 class weights for 4 classes"):
+    with pytest.raises(ConfigError, match="2 class weights for 4 classes"):
         SegmentationLoss("ce", [1.0, 2.0])(logits, target)
 
 

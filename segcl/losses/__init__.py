@@ -3,8 +3,10 @@ Zhao et al. and Wang et al.) and the supervised segmentation losses (cross-entro
 focal, with OHEM pixel selection and median-frequency class weights).
 
 Every loss module L2-normalises its inputs in float32 (heads return raw projections), so fp16 /
-bf16 activations never overflow ``exp(s / tau)``. Cross-GPU gathering is opt-in
-(``gather_distributed=True``).
+bf16 activations never overflow ``exp(s / tau)`` (:mod:`segcl.losses.precision`). Cross-GPU
+gathering is opt-in (``gather_distributed=True``). A bad setting (temperature, count, threshold,
+loss name, class weights) raises :class:`~segcl.errors.ConfigError` naming it
+(:mod:`segcl.losses.checks`); a malformed input tensor raises ``ValueError``.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segcl.losses.ntxent import autocast_off
+from segcl.losses.precision import autocast_off
 
 Range = tuple[int, int]
 

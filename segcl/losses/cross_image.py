@@ -31,15 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segcl.errors import ConfigError, DataError
+from segcl.losses.checks import check_int, check_temperature
 from segcl.losses.distributed import all_gather_variable
-from segcl.losses.ntxent import _check_temperature, autocast_off
 from segcl.losses.pixel import resize_labels
-
-
-def _check_int(value: int, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+from segcl.losses.precision import autocast_off
 
 
 def _check_labels_in_range(labels: Tensor, num_classes: int, ignore_index: int) -> None:
@@ -85,15 +80,15 @@ class MemoryBank(nn.Module):
         pixels_per_class: int = 10,
     ) -> None:
         super().__init__()
-        self.num_classes = _check_int(num_classes, "num_classes", 1)
-        self.dim = _check_int(dim, "dim", 1)
-        self.pixels_per_class = _check_int(pixels_per_class, "pixels_per_class", 1)
+        self.num_classes = check_int(num_classes, "num_classes", 1)
+        self.dim = check_int(dim, "dim", 1)
+        self.pixels_per_class = check_int(pixels_per_class, "pixels_per_class", 1)
         c = num_classes
         self.register_buffer(
-            "pixel_queue", torch.zeros(c, _check_int(pixel_size, "pixel_size", 1), dim)
+            "pixel_queue", torch.zeros(c, check_int(pixel_size, "pixel_size", 1), dim)
         )
         self.register_buffer(
-            "region_queue", torch.zeros(c, _check_int(region_size, "region_size", 1), dim)
+            "region_queue", torch.zeros(c, check_int(region_size, "region_size", 1), dim)
         )
         for name in ("pixel_ptr", "region_ptr", "pixel_count", "region_count"):
             self.register_buffer(name, torch.zeros(c, dtype=torch.long))
@@ -277,14 +272,14 @@ class CrossImagePixelContrast(nn.Module):
         memory: MemoryBank | None = None,
     ) -> None:
         super().__init__()
-        self.num_classes = _check_int(num_classes, "num_classes", 1)
+        self.num_classes = check_int(num_classes, "num_classes", 1)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise ConfigError(f"ignore_index must be an integer, got {ignore_index!r}")
         self.ignore_index = ignore_index
-        self.temperature = _check_temperature(temperature)
-        self.base_temperature = _check_temperature(base_temperature, "base_temperature")
-        self.max_samples = _check_int(max_samples, "max_samples", 1)
-        self.max_views = _check_int(max_views, "max_views", 1)
+        self.temperature = check_temperature(temperature)
+        self.base_temperature = check_temperature(base_temperature, "base_temperature")
+        self.max_samples = check_int(max_samples, "max_samples", 1)
+        self.max_views = check_int(max_views, "max_views", 1)
         if memory is not None and memory.num_classes != num_classes:
             raise ConfigError(
                 f"memory bank has {memory.num_classes} classes, the loss {num_classes}"

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from segcl.losses.checks import check_range
+
 
 def soft_dice_loss(
     logits: Tensor,
@@ -58,9 +60,7 @@ class DiceLoss(nn.Module):
     def __init__(self, weight: Tensor | None = None, ignore_index: int = 255,
                  smooth: float = 1.0) -> None:
         super().__init__()
-        if smooth < 0:
-            raise ValueError(f"Dice smoothing must be >= 0, got {smooth}")
-        self.ignore_index, self.smooth = int(ignore_index), float(smooth)
+        self.ignore_index, self.smooth = int(ignore_index), check_range(smooth, "smooth", 0)
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:

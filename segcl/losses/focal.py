@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segcl.losses._weighting import pixel_weights, weighted_mean
+from segcl.losses.checks import check_range
 
 
 def focal_loss(
@@ -34,8 +35,7 @@ def focal_loss(
     keep: Tensor | None = None,
 ) -> Tensor:
     """``L`` above (computed in float32)."""
-    if gamma < 0:
-        raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+    check_range(gamma, "focal gamma", 0)
     log_p = F.log_softmax(logits.float(), dim=1)
     safe = torch.where(target != ignore_index, target, 0)
     log_pt = log_p.gather(1, safe[:, None])[:, 0]
@@ -56,9 +56,7 @@ class FocalLoss(nn.Module):
     def __init__(self, gamma: float = 2.0, weight: Tensor | None = None,
                  ignore_index: int = 255) -> None:
         super().__init__()
-        if gamma < 0:
-            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
-        self.gamma, self.ignore_index = float(gamma), int(ignore_index)
+        self.gamma, self.ignore_index = check_range(gamma, "focal gamma", 0), int(ignore_index)
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
 
     def forward(self, logits: Tensor, target: Tensor, keep: Tensor | None = None) -> Tensor:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from segcl.losses.ntxent import _check_temperature, nt_xent
+from segcl.losses.checks import check_temperature
+from segcl.losses.ntxent import nt_xent
 
 
 def regions_to_rows(q: Tensor) -> Tensor:
@@ -48,7 +49,7 @@ class LocalContrastLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
         super().__init__()
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
         self.gather_distributed = bool(gather_distributed)
 
     def forward(self, q1: Tensor, q2: Tensor) -> Tensor:

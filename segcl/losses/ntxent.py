@@ -17,40 +17,16 @@ is the global-batch loss, and DDP gradient averaging reproduces single-process t
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
-from collections.abc import Callable
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segcl.errors import ConfigError
+from segcl.losses.checks import check_temperature
 from segcl.losses.distributed import gather_with_grad, is_distributed, rank
-
-F_ = TypeVar("F_", bound=Callable)
-
-
-def autocast_off(fn: F_) -> F_:
-    """Run ``fn`` with CUDA and CPU autocast disabled, so similarities stay float32 even when the
-    training step runs under mixed precision (``exp(1/0.07)`` overflows fp16)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
-            return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _check_temperature(temperature: float, name: str = "temperature") -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ConfigError(f"{name} must be a number, got {temperature!r}")
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ConfigError(f"{name} must be a positive finite number, got {temperature}")
-    return float(temperature)
+from segcl.losses.precision import autocast_off
 
 
 def _check_pair(z1: Tensor, z2: Tensor) -> None:
@@ -75,7 +51,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1, gather: bool = Fal
         Scalar float32 loss. A global batch of one image has no negatives: the loss is 0 (graph
         kept, zero gradient) and a ``RuntimeWarning`` is issued.
     """
-    tau = _check_temperature(temperature)
+    tau = check_temperature(temperature)
     _check_pair(z1, z2)
     a1 = F.normalize(z1.float(), dim=1)
     a2 = F.normalize(z2.float(), dim=1)
@@ -112,7 +88,7 @@ class NTXentLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
         super().__init__()
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
         self.gather_distributed = bool(gather_distributed)
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:

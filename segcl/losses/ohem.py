@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from segcl.losses.checks import check_int, check_range
+
 
 @torch.no_grad()
 def ohem_keep(
@@ -34,10 +36,8 @@ def ohem_keep(
     min_kept: int = 10000,
 ) -> Tensor:
     """The ``keep`` mask of the rule above (False at ``ignore_index``)."""
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"OHEM threshold must lie in [0, 1], got {threshold}")
-    if min_kept < 0:
-        raise ValueError(f"OHEM min_kept must be >= 0, got {min_kept}")
+    check_range(threshold, "OHEM threshold", 0, 1)
+    check_int(min_kept, "OHEM min_kept", 0)
     valid = target != ignore_index
     prob = logits.float().softmax(dim=1)
     p_true = prob.gather(1, torch.where(valid, target, 0)[:, None])[:, 0][valid]

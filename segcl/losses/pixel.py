@@ -36,8 +36,9 @@ from segcl.losses._linear_pixel import (
     SymmetricPlan,
     make_plan,
 )
+from segcl.losses.checks import check_int, check_temperature
 from segcl.losses.distributed import gather_with_grad, is_distributed, world_size
-from segcl.losses.ntxent import _check_temperature, autocast_off
+from segcl.losses.precision import autocast_off
 
 VARIANTS = ("single", "batch")
 
@@ -50,12 +51,6 @@ def _check_inputs(emb: Tensor, labels: Tensor) -> None:
         )
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
-
-
-def _check_block_size(block_size: int) -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ConfigError(f"block_size must be a positive integer, got {block_size!r}")
-    return block_size
 
 
 @autocast_off
@@ -73,7 +68,7 @@ def pixel_contrast_naive(
     Returns:
         Scalar float32: mean of ``l_i`` over the effective anchors, 0 when there are none.
     """
-    tau = _check_temperature(temperature)
+    tau = check_temperature(temperature)
     _check_inputs(emb, labels)
     zero = emb.float().sum() * 0.0
     valid = labels != ignore_index
@@ -111,8 +106,8 @@ def pixel_contrast_sum(
     removed). Positives of anchor ``i`` are the keys with its label (it must itself be among the
     keys for the self-pair of the paper's formula to count), negatives the other keys.
     """
-    inv_tau = 1.0 / _check_temperature(temperature)
-    _check_block_size(block_size)
+    inv_tau = 1.0 / check_temperature(temperature)
+    check_int(block_size, "block_size", 1)
     symmetric = keys is None or key_labels is None
     anchors = anchors.float()
     keys, key_labels = (anchors, anchor_labels) if symmetric else (keys.float(), key_labels)
@@ -152,9 +147,9 @@ def pixel_contrast(
     ``scripts/bench_pixel_loss.py``); on a GPU larger blocks (4096+) should pay off through fewer
     kernel launches (not measured here).
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     _check_inputs(emb, labels)
-    _check_block_size(block_size)
+    check_int(block_size, "block_size", 1)
     valid = labels != ignore_index
     z = emb.float()
     total, count = pixel_contrast_sum(
@@ -218,7 +213,7 @@ class PixelContrastLoss(nn.Module):
         gather_distributed: bool = False,
     ) -> None:
         super().__init__()
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise ConfigError(f"ignore_index must be an integer, got {ignore_index!r}")
         if variant not in VARIANTS:
@@ -237,7 +232,7 @@ class PixelContrastLoss(nn.Module):
         self.variant = variant
         self.grid = grid
         self.max_pixels = max_pixels
-        self.block_size = _check_block_size(block_size)
+        self.block_size = check_int(block_size, "block_size", 1)
         self.gather_distributed = bool(gather_distributed)
 
     def extra_repr(self) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from segcl.errors import ConfigError
 from segcl.losses.cross_entropy import cross_entropy
 from segcl.losses.dice import soft_dice_loss
 from segcl.losses.focal import focal_loss
@@ -52,10 +53,11 @@ class SegmentationLoss(nn.Module):
     ) -> None:
         super().__init__()
         if name not in SEGMENTATION_LOSSES:
-            raise ValueError(f"unknown loss {name!r}; choose from {', '.join(SEGMENTATION_LOSSES)}")
+            raise ConfigError(f"unknown loss {name!r}; choose from "
+                              f"{', '.join(SEGMENTATION_LOSSES)}")
         self.terms = SEGMENTATION_LOSSES[name]
         if ohem and not any(t in ("ce", "focal") for t in self.terms):
-            raise ValueError("OHEM needs a pixel-wise term (ce or focal)")
+            raise ConfigError("OHEM needs a pixel-wise term (ce or focal)")
         self.name, self.ignore_index, self.ohem = name, int(ignore_index), bool(ohem)
         self.ohem_threshold, self.ohem_min_kept = float(ohem_threshold), int(ohem_min_kept)
         self.focal_gamma = float(focal_gamma)
@@ -68,7 +70,7 @@ class SegmentationLoss(nn.Module):
         logits = logits.float()
         w = self.class_weights
         if w is not None and w.numel() != logits.shape[1]:
-            raise ValueError(f"{w.numel()} class weights for {logits.shape[1]} classes")
+            raise ConfigError(f"{w.numel()} class weights for {logits.shape[1]} classes")
         keep = (ohem_keep(logits, target, self.ignore_index, self.ohem_threshold,
                           self.ohem_min_kept) if self.ohem else None)
         values: dict[str, Tensor] = {}
