@@ -38,7 +38,8 @@ _MAX_ANNOTATED_CLASSES = 20
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
-    """Return ``n`` distinct RGB colours using the PASCAL VOC bit trick.
+    """Return ``n`` distinct RGB colours: the PASCAL VOC colour map, the one palette of segcl
+    (the VOC layout's class colours, and the colours of any dataset that gives none).
 
     The bits of the class index are spread over the high bits of the three channels (bit 0 -> red,
     bit 1 -> green, bit 2 -> blue, then the next three bits one level lower, ...). Index 0 is

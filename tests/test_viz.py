@@ -43,6 +43,13 @@ def test_default_palette_voc_colours_and_distinct() -> None:
     assert default_palette(3) == pal[:3]
 
 
+def test_the_voc_layout_uses_the_one_palette() -> None:
+    from segcl.data.info import VOC
+
+    assert VOC.palette == default_palette(21)
+    assert VOC.palette[15] == (192, 128, 128)  # person, the VOC devkit's colour
+
+
 def test_colorize_png_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     mask = rng.integers(0, 5, size=(21, 34)).astype(np.uint8)

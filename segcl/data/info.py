@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from segcl.errors import ConfigError
+from segcl.viz import default_palette
 
 Color = tuple[int, int, int]
 
@@ -96,21 +97,6 @@ def _color(c: Any) -> Color:
     raise ConfigError(f"palette colour must be [r, g, b] with values 0..255, got {c!r}")
 
 
-def _voc_colormap(n: int) -> list[Color]:
-    """The PASCAL VOC colour map: the bits of the label index spread over R, G and B."""
-    colors = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colors.append((r, g, b))
-    return colors
-
-
 CAMVID = DatasetInfo(
     classes=[
         "sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
@@ -131,7 +117,7 @@ VOC = DatasetInfo(
         "sheep", "sofa", "train", "tvmonitor",
     ],
     ignore_index=255,
-    palette=_voc_colormap(21),
+    palette=default_palette(21),  # the PASCAL VOC colour map
     name="voc",
 )  # fmt: skip
 
