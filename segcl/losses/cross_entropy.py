@@ -9,6 +9,8 @@ mask is given)::
 
 which is :func:`torch.nn.functional.cross_entropy` with ``weight`` and ``ignore_index`` (used as
 is when there is no ``keep`` mask, so plain cross-entropy stays bit-for-bit what it was).
+
+Defaults: all class weights 1, ``ignore_index`` = 255, every labelled pixel kept.
 """
 
 from __future__ import annotations

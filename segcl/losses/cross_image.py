@@ -1,8 +1,9 @@
 """Cross-image pixel contrast with hard anchor sampling and an optional memory bank.
 
-Wang et al., "Exploring Cross-Image Pixel Contrast for Semantic Segmentation", ICCV 2021
-(Wang et al., ICCV 2021). Used as an auxiliary loss: ``L = CE + lambda * L_contrast`` (lambda 0.1,
-0 during warm-up -- the training loop owns that schedule).
+Wang, Zhou, Yu, Dai, Konukoglu and Van Gool, "Exploring Cross-Image Pixel Contrast for Semantic
+Segmentation", ICCV 2021 (arXiv:2101.11939). Used as an auxiliary loss:
+``L = CE + lambda * L_contrast`` (lambda 0.1, 0 during warm-up -- the training loop owns that
+schedule).
 
 Sampling, per image and class ``c`` on the embedding grid (labels and predictions sampled at the
 same pixel centres): the class is *eligible* when more than ``max_views`` pixels carry label
@@ -20,6 +21,11 @@ the other anchors and, with a memory bank, with the bank's entries (extra keys):
 
 Anchors without positives (a class sampled once) are skipped, never NaN; no eligible class or no
 anchor with a positive gives 0 with the graph intact (``emb.sum() * 0``).
+
+Defaults (Wang et al.'s): ``tau`` = 0.1, ``base_tau`` = 0.07, ``max_samples`` = 1024 anchors,
+``max_views`` = 100 per (image, class); the memory bank (:class:`MemoryBank`, off unless given)
+keeps ``pixel_size`` = ``region_size`` = 5000 entries per class of ``dim`` = 256, adding
+``pixels_per_class`` = 10 pixels per class and image at each update.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ are every other region of every image of the batch, in both views. This is NT-Xe
 the regions and both directions::
 
     l_(i,u) = -s_{(i,u),(i,u)'} + LSE_{k != (i,u)} s_{(i,u),k}
+
+with ``s = q . q' / tau`` on unit-normalised region embeddings. Defaults: ``tau`` = 0.1; the grid
+``S`` = 4 is the local head's (``PretrainConfig.local_grid``); no gathering.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ With ``gather=True`` under ``torch.distributed`` the keys are the embeddings of 
 (gathered with gradient) while the anchors stay local; the positive of local row ``i`` is global
 row ``rank * N + i``. Each rank's value is then the mean over its own anchors, the mean over ranks
 is the global-batch loss, and DDP gradient averaging reproduces single-process training.
+
+Defaults: ``tau`` = 0.1 (:class:`NTXentLoss`, the ``global`` term of ``segcl pretrain``), no
+gathering (``gather_distributed=False``).
 """
 
 from __future__ import annotations

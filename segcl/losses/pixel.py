@@ -1,7 +1,7 @@
 """Label-based (supervised) pixel contrast.
 
-Zhao et al., "Contrastive Learning for Label-Efficient Semantic Segmentation", ICCV 2021
-(Zhao et al., ICCV 2021).
+Zhao, Vemulapalli, Mansfield, Gong, Green, Shapira and Wu, "Contrastive Learning for
+Label-Efficient Semantic Segmentation", ICCV 2021 (arXiv:2012.06985).
 
 For unit-normalised pixel embeddings ``z`` (``N x D``) with labels ``y`` and ``s_ij = z_i . z_j /
 tau``, over the valid pixels ``V`` (``y != ignore_index``)::
@@ -17,6 +17,11 @@ ignored) gives 0 with the autograd graph intact (``emb.sum() * 0``), never NaN.
 
 :func:`pixel_contrast_naive` builds the ``N x N`` matrix (reference); :func:`pixel_contrast` is the
 linear-memory form (:mod:`segcl.losses._linear_pixel`), equal in value and gradient.
+
+Defaults of :class:`PixelContrastLoss`: ``tau`` = 0.07 (Zhao et al.), ``ignore_index`` = 255,
+``variant="single"`` (one set per image, the paper's best; ``"batch"``: one set over the batch,
+optionally ``max_pixels`` of them at random), embeddings at their native resolution
+(``grid=None``; the paper resizes them to 65 x 65), row blocks of ``block_size`` = 1024.
 """
 
 from __future__ import annotations

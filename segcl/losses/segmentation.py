@@ -7,6 +7,9 @@ Each term lives in its own module (paper and formula there): cross-entropy
 pixel-wise term (cross-entropy or focal; Dice is one ratio over all pixels and always sees every
 labelled pixel). ``ce+dice`` is the unweighted sum ``L_ce + L_dice``. The class weights weight
 every term (see each module); ``ignore_index`` pixels never count.
+
+Defaults: ``ce``, no class weights, ``ignore_index`` = 255, no OHEM (when on: threshold 0.7,
+``min_kept`` = 10000 per image), focal ``gamma`` = 2.
 """
 
 from __future__ import annotations

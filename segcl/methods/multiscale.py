@@ -32,6 +32,10 @@ Terms (``z`` unit-normalised projections, ``s_ij = z_i . z_j / tau``):
   per image (``variant="single"``) or over the batch (``"batch"``).
 
 The decoder is trained (and saved) only when the pixel term runs.
+
+Defaults: all three terms (``losses`` = global, local, pixel), ``tau`` 0.1 / 0.1 / 0.07,
+``local_grid`` = 4, ``proj_dim`` = 128, ``pixel_dim`` = 256, ``strength`` = 0.5,
+``variant="single"`` (:class:`~segcl.config.PretrainConfig`).
 """
 
 from __future__ import annotations

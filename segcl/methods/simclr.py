@@ -20,6 +20,9 @@ negative::
     loss = (1 / 2N) sum_i l_i
 
 Under torchrun the negatives come from the whole global batch.
+
+Defaults: ``tau`` = 0.1, ``strength`` = 0.5, ``crop_scale`` = (0.2, 1.0), ``proj_dim`` = 128
+(:class:`~segcl.config.PretrainConfig`).
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ valid (not ignored) pixels of the image and its copy::
 averaged over the anchors of each image, then over the images (``variant="single"``, the
 paper's best), or over all pixels of the batch, optionally ``max_pixels`` of them sampled at
 random (``variant="batch"``).
+
+Defaults: ``tau`` = 0.07, ``variant="single"``, ``grid`` = the decoder's native resolution,
+``pixel_dim`` = 256, ``strength`` = 0.5 (:class:`~segcl.config.PretrainConfig`).
 """
 
 from __future__ import annotations
