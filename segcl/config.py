@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,33 @@ SUPERVISED_LOSSES = ("ce", "dice", "focal", "ce+dice")
 #: ``--logger``: where the scalars (and validation previews) go (:mod:`segcl.loggers`). ``jsonl``
 #: (the run's ``metrics.jsonl``) is always written: ``--resume`` and the plots read it.
 LOGGERS = ("jsonl", "tensorboard", "mlflow", "wandb")
+#: ``--decoder``: the names of :data:`segcl.models.DECODERS` (kept here so that a config is
+#: checked without importing torch; tests/test_decoders.py keeps the two equal)
+DECODER_NAMES = ("unet", "deeplabv3plus", "fpn", "segformer")
+#: ``--layout``: the dataset layouts :func:`segcl.data.load_samples` reads
+LAYOUTS = ("auto", "folder", "camvid", "voc", "cityscapes", "pet")
+#: ``--mode``: the inference policies for image sizes (:mod:`segcl.engine.inference`)
+EVAL_MODES = ("resize", "slide")
+#: ``--optimizer`` (:func:`segcl.engine.optim.build_optimizer`)
+OPTIMIZERS = ("sgd", "adamw")
+#: ``--init-parts``: what ``finetune --init`` takes from the checkpoint
+INIT_PARTS = ("auto", "encoder", "all")
+#: ``pretrain --losses``: the contrastive terms (:mod:`segcl.methods.terms`)
+PRETRAIN_LOSSES = ("global", "local", "pixel")
+#: ``pretrain --variant``: pixel contrast per image or over the batch
+#: (:class:`segcl.losses.PixelContrastLoss`)
+PIXEL_VARIANTS = ("single", "batch")
+#: ``--cache``: the decoded-image cache settings
+CACHE_MODES = ("auto", "on", "off")
+
+
+def _pretrain_methods() -> tuple[str, ...]:
+    """``pretrain --method``: the registered pre-training methods, looked up on use (the
+    registry imports no torch, and importing the configuration never imports the methods)."""
+    from segcl.methods import names
+
+    return names("pretrain")
+
 
 #: Fields that are tuples even where their default is ``None`` (YAML stores lists).
 TUPLE_FIELDS = ("image_size", "scale", "grid", "crop_scale")
@@ -65,17 +93,26 @@ CHECKS: dict[str, dict[str, str]] = {
 #: where ``--semi`` takes its pseudo-labels from (SemiConfig.teacher)
 SEMI_TEACHERS = ("student", "ema")
 
-#: Fields whose value is one name from a fixed vocabulary (for a list field: each item).
-CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+#: Fields whose value is one name from a vocabulary (for a list field: each item); a function
+#: gives a vocabulary that is looked up when checked (a registry). The CLI's choice options are
+#: checked against the same table as they are parsed (:func:`check_choice`, used by
+#: ``segcl.cli.options``), so an unknown name fails before torch is imported.
+CHOICES: dict[str, dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]]] = {
+    "DataConfig": {"layout": LAYOUTS, "cache": CACHE_MODES},
+    "OptimConfig": {"name": OPTIMIZERS},
     "LossConfig": {"name": SUPERVISED_LOSSES},
-    "FinetuneConfig": {"loggers": LOGGERS},
+    "FinetuneConfig": {"loggers": LOGGERS, "decoder": DECODER_NAMES, "init_parts": INIT_PARTS,
+                       "eval_mode": EVAL_MODES},
     "SemiConfig": {"teacher": SEMI_TEACHERS},
-    "PretrainConfig": {"loggers": LOGGERS},
+    "PretrainConfig": {"loggers": LOGGERS, "method": _pretrain_methods,
+                       "decoder": DECODER_NAMES, "losses": PRETRAIN_LOSSES,
+                       "variant": PIXEL_VARIANTS, "eval_mode": EVAL_MODES},
 }
 
 #: CLI spellings that differ from ``--field-name``
 OPTION_NAMES = {"LossConfig.name": "--loss", "FinetuneConfig.loggers": "--logger",
-                "PretrainConfig.loggers": "--logger",
+                "PretrainConfig.loggers": "--logger", "OptimConfig.name": "--optimizer",
+                "FinetuneConfig.eval_mode": "--mode",
                 "SemiConfig.threshold": "--semi-threshold", "SemiConfig.weight": "--semi-weight",
                 "SemiConfig.strong_views": "--semi-views", "SemiConfig.cutmix": "--semi-cutmix",
                 "SemiConfig.warmup_steps": "--semi-warmup",
@@ -84,9 +121,6 @@ OPTION_NAMES = {"LossConfig.name": "--loss", "FinetuneConfig.loggers": "--logger
                 "ContrastConfig.weight": "--contrast-weight",
                 "ContrastConfig.warmup_steps": "--contrast-warmup",
                 "ContrastConfig.temperature": "--contrast-temperature"}
-
-#: the decoded-image cache settings of ``--cache``
-CACHE_MODES = ("auto", "on", "off")
 
 _RULES = {
     "positive": ("> 0", lambda v: v > 0),
@@ -218,14 +252,22 @@ def _tta_number(token: str, spec: str) -> float:
             from None
 
 
+def check_choice(key: str, value: Any) -> None:
+    """Check ``value`` (each item of a list) against the vocabulary of ``key``
+    (``"Class.field"`` in :data:`CHOICES`); ConfigError naming the option and the choices."""
+    cls, name = key.split(".")
+    allowed = CHOICES[cls][name]
+    allowed = allowed() if callable(allowed) else allowed
+    option = OPTION_NAMES.get(key, "--" + name.replace("_", "-"))
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if item not in allowed:
+            raise ConfigError(f"{option} must be one of {', '.join(allowed)}, got {item!r}")
+
+
 def _check_choices(cfg: Any) -> None:
     cls = type(cfg).__name__
-    for name, allowed in CHOICES.get(cls, {}).items():
-        value = getattr(cfg, name)
-        option = OPTION_NAMES.get(f"{cls}.{name}", "--" + name.replace("_", "-"))
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if item not in allowed:
-                raise ConfigError(f"{option} must be one of {', '.join(allowed)}, got {item!r}")
+    for name in CHOICES.get(cls, {}):
+        check_choice(f"{cls}.{name}", getattr(cfg, name))
 
 
 def check_fields(cfg: Any) -> None:
@@ -296,9 +338,6 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.cache not in CACHE_MODES:
-            raise ConfigError(f"--cache must be one of {', '.join(CACHE_MODES)}, "
-                              f"got {self.cache!r}")
 
 
 @dataclass
@@ -493,16 +532,11 @@ class FinetuneConfig:
             raise ConfigError("--init-parts needs --init (the checkpoint to take the parts from)")
 
 
-PRETRAIN_LOSSES = ("global", "local", "pixel")
-
-
 def __getattr__(name: str) -> Any:
     # ``PRETRAIN_METHODS``: the registered pre-training methods (segcl.methods), looked up on
     # use so that importing the configuration never imports the methods.
     if name == "PRETRAIN_METHODS":
-        from segcl.methods import names
-
-        return names("pretrain")
+        return _pretrain_methods()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

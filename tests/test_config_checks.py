@@ -104,3 +104,47 @@ def test_checkpoint_configs_are_checked(tiny_run, tmp_path, edit, message) -> No
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=message):
         load_model(folder)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: FinetuneConfig(decoder="upernet"), "--decoder must be one of unet, deeplabv3plus, "
+                                                "fpn, segformer, got 'upernet'"),
+    (lambda: PretrainConfig(decoder="upernet"), "--decoder must be one of"),
+    (lambda: DataConfig(layout="coco"), "--layout must be one of auto, folder, camvid"),
+    (lambda: DataConfig(cache="maybe"), "--cache must be one of auto, on, off, got 'maybe'"),
+    (lambda: OptimConfig(name="rmsprop"), "--optimizer must be one of sgd, adamw, got 'rmsprop'"),
+    (lambda: FinetuneConfig(init="runs/x", init_parts="heads"), "--init-parts must be one of"),
+    (lambda: FinetuneConfig(eval_mode="tile"), "--mode must be one of resize, slide, got 'tile'"),
+    (lambda: PretrainConfig(method="byol"), "--method must be one of simclr, multiscale, supcon, "
+                                            "got 'byol'"),
+    (lambda: PretrainConfig(method="semi"), "--method must be one of"),  # a fine-tuning method
+    (lambda: PretrainConfig(losses=["global", "edge"]), "--losses must be one of global, local, "
+                                                        "pixel, got 'edge'"),
+    (lambda: PretrainConfig(variant="pairs"), "--variant must be one of single, batch"),
+])
+def test_unknown_names_name_the_option_and_the_choices(build, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_a_config_file_with_an_unknown_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--decoder must be one of"):
+        from_dict(FinetuneConfig, {"decoder": "upernet"})
+    with pytest.raises(ConfigError, match="--layout must be one of"):
+        from_dict(PretrainConfig, {"data": {"layout": "coco"}})
+
+
+def test_each_vocabulary_matches_its_owner() -> None:
+    """The config keeps the names (so that it is checked without torch); the code that
+    implements them must offer exactly those."""
+    from segcl import methods
+    from segcl.config import DECODER_NAMES, EVAL_MODES, LAYOUTS, PIXEL_VARIANTS, PRETRAIN_METHODS
+    from segcl.data import LAYOUTS as DATA_LAYOUTS
+    from segcl.engine.inference import EVAL_MODES as INFERENCE_MODES
+    from segcl.losses.pixel import VARIANTS
+    from segcl.models import DECODERS
+
+    assert tuple(DECODERS) == DECODER_NAMES
+    assert DATA_LAYOUTS is LAYOUTS and INFERENCE_MODES is EVAL_MODES
+    assert VARIANTS == PIXEL_VARIANTS
+    assert methods.names("pretrain") == PRETRAIN_METHODS

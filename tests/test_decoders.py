@@ -135,5 +135,5 @@ def test_an_unknown_decoder_is_one_error_line(synthetic_data: Path, tmp_path: Pa
                    "upernet-xl", "--workers", "0", "--out", str(tmp_path / "bad"))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error:") and "unknown decoder" in lines[0]
-    assert "'fpn'" in lines[0] and "'segformer'" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "--decoder" in lines[0]
+    assert "'upernet-xl'" in lines[0] and "fpn" in lines[0] and "segformer" in lines[0]

@@ -196,6 +196,7 @@ def finetune(
         )
         if contrast not in (None, "cross-image"):
             raise ConfigError(f"unknown --contrast '{contrast}'; the choice is cross-image")
+    o.overwrite_run(out, overwrite)
     from segcl.engine.finetune import finetune as run_finetune  # torch: after the checks
 
     result = run_finetune(cfg, RichProgress(quiet), resume=resume)

@@ -98,11 +98,12 @@ def evaluate(
     for target in (json_out, confusion):  # refused before the evaluation, not after it
         if target is not None:
             check_target(target)
-    from segcl.engine.evaluate import evaluate as run_evaluate
+    tta_config = TTAConfig.parse(tta)
+    from segcl.engine.evaluate import evaluate as run_evaluate  # torch: after the checks
 
     metrics = run_evaluate(model, str(data), split=split, layout=layout, mode=mode,
                            batch_size=batch_size, device=device, workers=workers,
-                           callback=RichProgress(quiet), tta=TTAConfig.parse(tta))
+                           callback=RichProgress(quiet), tta=tta_config)
     if json_out is not None:
         atomic_write_text(json_out, json.dumps({"model": model, "data": str(data),
                                                 "split": split, "mode": mode, **metrics},
@@ -150,11 +151,13 @@ def predict(
     post-processing: on the CPU, or on CUDA with onnxruntime-gpu (--device cuda, or auto).
     """
     from segcl.config import TTAConfig
-    from segcl.engine.predict import predict as run_predict
+
+    tta_config = TTAConfig.parse(tta)
+    from segcl.engine.predict import predict as run_predict  # torch: after the checks
 
     result = run_predict(model, inputs, out, batch_size=batch_size, device=device, mode=mode,
                          overlay=overlay, threads=threads, amp=amp,
-                         callback=RichProgress(quiet), tta=TTAConfig.parse(tta),
+                         callback=RichProgress(quiet), tta=tta_config,
                          save_probs=save_probs, color=color)
     results.print(f"wrote {len(result.written)} masks to {out}")
     if result.failed:

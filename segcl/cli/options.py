@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from segcl.config import DataConfig
+from segcl.config import DataConfig, check_choice
 from segcl.errors import ConfigError
 
 T = TypeVar("T")
@@ -41,16 +42,30 @@ def parse_classes(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
+def choice(key: str) -> Callable[[Any], Any]:
+    """The callback of a choice option: its value is checked against the config's vocabulary
+    ``key`` (``"Class.field"`` in :data:`segcl.config.CHOICES`) as soon as it is parsed, so an
+    unknown name is one ``Error:`` line before any heavy import (commands without a config,
+    like ``evaluate``, get the same check)."""
+
+    def check(value: Any) -> Any:
+        if value is not None:
+            check_choice(key, value)
+        return value
+
+    return check
+
+
 Data = Annotated[Path, typer.Argument(help="Dataset folder (layouts: folder, camvid, voc, "
                                             "cityscapes, pet; see --layout).")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 Encoder = Annotated[str, typer.Option(help="Any timm model name, e.g. resnet18, convnext_tiny.")]
 Decoder = Annotated[str, typer.Option(
     help="Decoder: unet, deeplabv3plus, fpn (Panoptic FPN semantic head) or segformer "
-         "(SegFormer's all-MLP head).")]
+         "(SegFormer's all-MLP head).", callback=choice("FinetuneConfig.decoder"))]
 ImageSize = Annotated[str, typer.Option(help="Training/inference size HxW, e.g. 192x256.")]
 Layout = Annotated[str, typer.Option(help="Dataset layout: auto, folder, camvid, voc, "
-                                          "cityscapes, pet.")]
+                                          "cityscapes, pet.", callback=choice("DataConfig.layout"))]
 Seed = Annotated[int, typer.Option(help="Seed for the labelled subset, augmentation and init.")]
 LabeledFraction = Annotated[
     float | None, typer.Option(help="Use this fraction of the training labels (nested subsets: "
@@ -70,13 +85,13 @@ EvalMode = Annotated[str, typer.Option(
     "--mode", help="Inference policy for image sizes: 'resize' resizes each image to the "
                    "model's training size and upsamples the logits to the original size; "
                    "'slide' keeps the original resolution and averages overlapping windows of "
-                   "the training size.")]
+                   "the training size.", callback=choice("FinetuneConfig.eval_mode"))]
 TTA = Annotated[str | None, typer.Option(
     "--tta", help="Test-time augmentation, averaged in probability space (softmax of each view, "
                   "then the mean): 'flip' (horizontal), 'scales=0.75,1,1.25' (the network input "
                   "resized by each factor, in (0, 4]) or both, 'flip,scales=0.75,1,1.25' (6 "
                   "forward passes per image). Default: none.")]
-Optimizer = Annotated[str, typer.Option(help="sgd or adamw.")]
+Optimizer = Annotated[str, typer.Option(help="sgd or adamw.", callback=choice("OptimConfig.name"))]
 LearningRate = Annotated[float, typer.Option(help="Peak learning rate.")]
 WeightDecay = Annotated[float, typer.Option(help="Weight decay (not on norms/biases).")]
 WarmupSteps = Annotated[int, typer.Option(help="Linear warm-up steps before cosine decay.")]
@@ -88,7 +103,7 @@ EncoderWeights = Annotated[str | None, typer.Option(
          "offline they must be there already.")]
 Cache = Annotated[str, typer.Option(
     help="Keep decoded images in memory: auto (when they fit 1/8 of the memory, at most "
-         "4 GiB), on or off. Same results either way.")]
+         "4 GiB), on or off. Same results either way.", callback=choice("DataConfig.cache"))]
 Unlabeled = Annotated[Path | None, typer.Option(help="Extra folder of unlabelled images.")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint "
                                            "(its saved config.yaml is used).")]
@@ -132,7 +147,8 @@ def saved_config(cls: type[T], out: Path, resume: bool, overwrite: bool = False)
 
     ``--out`` is the run: the saved config's own ``out`` never redirects it (a copied run
     continues in the copy); it is checked first (a file, or a path below one, is refused).
-    ``--overwrite`` (not with ``--resume``) clears the run's files.
+    ``--overwrite`` excludes ``--resume``; the old run is cleared by :func:`overwrite_run`, once
+    the new configuration has been built and checked.
     """
     import dataclasses
 
@@ -143,12 +159,17 @@ def saved_config(cls: type[T], out: Path, resume: bool, overwrite: bool = False)
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    if overwrite and out.is_dir():
-        from segcl.engine.rundir import clear_run  # imports torch: only when needed
-
-        clear_run(out)
     if resume:
         if not (out / "config.yaml").is_file():
             raise ConfigError(f"{out}: nothing to resume (no config.yaml of a run there)")
         return dataclasses.replace(load_yaml(cls, out / "config.yaml"), out=str(out))
     return None
+
+
+def overwrite_run(out: Path, overwrite: bool) -> None:
+    """With ``--overwrite``, clear the run files in ``out``. Commands call it after their
+    config is checked, so that a refused option never costs the run it would have replaced."""
+    if overwrite and out.is_dir():
+        from segcl.engine.rundir import clear_run  # imports torch: only when needed
+
+        clear_run(out)

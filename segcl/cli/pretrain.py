@@ -130,6 +130,7 @@ def pretrain(
             batch_size=batch_size, amp=amp, device=device, seed=seed, loggers=logger,
             command=o.command_line(),
         )
+    o.overwrite_run(out, overwrite)
     from segcl.engine.pretrain import pretrain as run_pretrain  # torch: after the checks
 
     result = run_pretrain(cfg, RichProgress(quiet), resume=resume)

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from segcl.config import read_yaml
+from segcl.config import LAYOUTS, read_yaml
 from segcl.data.info import CAMVID, CITYSCAPES, PET, VOC, DatasetInfo
 from segcl.data.io import IMAGE_EXTENSIONS
 from segcl.errors import ConfigError, DataError
-
-LAYOUTS = ("auto", "folder", "camvid", "voc", "cityscapes", "pet")
 
 DATASET_YAML = "dataset.yaml"
 

@@ -23,11 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segcl.config import TTAConfig
+from segcl.config import EVAL_MODES, TTAConfig
 from segcl.data.transforms import EvalTransform
 from segcl.errors import ConfigError
-
-EVAL_MODES = ("resize", "slide")
 
 
 def input_transform(

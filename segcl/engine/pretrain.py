@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from segcl import loggers, methods
-from segcl.config import PRETRAIN_LOSSES, PretrainConfig, save_yaml, to_dict
+from segcl.config import PretrainConfig, save_yaml, to_dict
 from segcl.data import DatasetInfo, Sample, SegmentationDataset, validate_samples
 from segcl.engine import distributed
 from segcl.engine import state as train_state
@@ -70,15 +70,9 @@ def get_method(cfg: PretrainConfig) -> PretrainMethod:
 
 
 def check_config(cfg: PretrainConfig) -> None:
-    """Reject invalid method / loss / variant choices with one-line ConfigErrors."""
+    """Reject option combinations the method cannot run with one-line ConfigErrors (the names
+    of the method, its terms and the variant are checked by :class:`PretrainConfig`)."""
     method = get_method(cfg)
-    unknown = [t for t in cfg.losses if t not in PRETRAIN_LOSSES]
-    if unknown:
-        raise ConfigError(
-            f"unknown loss term(s) {', '.join(unknown)}; choose from {', '.join(PRETRAIN_LOSSES)}"
-        )
-    if cfg.variant not in ("single", "batch"):
-        raise ConfigError(f"unknown --variant '{cfg.variant}'; choose single or batch")
     if cfg.max_pixels is not None and cfg.variant != "batch":
         raise ConfigError("--max-pixels only applies to --variant batch")
     method.check(cfg)

@@ -1,13 +1,15 @@
 """Bad option values and combinations: exit status 2, one line naming the option, nothing written.
 
-Every value is checked before any work starts (most before torch is even imported); the few
-options checked by their owner when it is first used (a registry of methods, decoders, layouts; a
-teacher model) still leave no run folder behind.
+Every value is checked before any work starts (most before torch is even imported: every choice
+option, see CHOICES); the few options checked by their owner when it is first used (a teacher
+model, a checkpoint, the dataset folder) still leave no run folder behind.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,12 +74,33 @@ CASES = [
     ("demo", "--labeled 0", ["--labeled"]),
     ("hub-build", "--tolerance -1", ["--tolerance"]),
 ]
+#: choice options (one name from a list): an unknown name is refused as the options are parsed,
+#: before torch is imported, by the config's one vocabulary check (segcl.config.CHOICES)
+CHOICES = [
+    ("finetune", "--decoder bogus", ["--decoder", "bogus", "segformer"]),
+    ("pretrain", "--decoder bogus", ["--decoder", "bogus"]),
+    ("finetune", "--layout bogus", ["--layout", "bogus", "cityscapes"]),
+    ("pretrain", "--layout bogus", ["--layout", "bogus"]),
+    ("evaluate", "--layout bogus", ["--layout", "bogus"]),
+    ("finetune", "--mode bogus", ["--mode", "bogus", "slide"]),
+    ("evaluate", "--mode bogus", ["--mode", "bogus"]),
+    ("predict", "--mode bogus", ["--mode", "bogus"]),
+    ("finetune", "--optimizer rmsprop", ["--optimizer", "rmsprop", "adamw"]),
+    ("finetune", "--init-parts heads", ["--init-parts", "heads"]),
+    ("finetune", "--loss hinge", ["--loss", "hinge"]),
+    ("finetune", "--logger jsonl,bogus", ["--logger", "bogus"]),
+    ("finetune", "--cache bogus", ["--cache", "bogus"]),
+    ("finetune", "--contrast bogus", ["--contrast", "bogus"]),
+    ("pretrain", "--method bogus", ["--method", "bogus", "supcon"]),
+    ("pretrain", "--method semi", ["--method", "semi"]),  # a fine-tuning method
+    ("pretrain", "--variant pairs", ["--variant", "pairs"]),
+    ("pretrain", "--losses global,edge", ["--losses", "edge"]),
+    ("evaluate", "--tta bogus", ["--tta", "bogus"]),
+    ("predict", "--tta scales=9", ["--tta", "9"]),
+]
 #: options and paths checked by their owners when first used (after torch is imported;
 #: --decoder after the dataset is listed): the run folder created meanwhile is removed again
 LATE = [
-    ("pretrain", "--method bogus", ["method", "bogus"]),
-    ("finetune", "--decoder bogus", ["decoder", "bogus"]),
-    ("finetune", "--layout bogus", ["layout", "bogus"]),
     ("finetune", "--pseudo-labels no-teacher", ["no-teacher"]),
     ("finetune", "--init no-checkpoint", ["no-checkpoint"]),
     ("evaluate-on", "no-such-data", ["no-such-data"]),
@@ -93,3 +116,31 @@ def test_a_bad_option_is_refused(command: str, bad: str, names: list[str], synth
                                  tiny_run: Path, tmp_path: Path) -> None:
     args = [a.format(data=synthetic_data, run=tiny_run) for a in COMMANDS[command]]
     expect([*args, *shlex.split(bad)], tmp_path, [synthetic_data, tiny_run], names)
+
+
+#: a line of ``python -X importtime`` (PYTHONPROFILEIMPORTTIME) for the top-level torch import
+TORCH_IMPORT = re.compile(r"^import time:.*\|\s+torch$", re.MULTILINE)
+
+
+@pytest.mark.parametrize("command, bad, names", [case(f"{c} {b}", c, b, n) for c, b, n in CHOICES])
+def test_an_unknown_choice_fails_before_torch_is_imported(
+        command: str, bad: str, names: list[str], synthetic_data: Path, tiny_run: Path,
+        tmp_path: Path) -> None:
+    args = [a.format(data=synthetic_data, run=tiny_run) for a in COMMANDS[command]]
+    proc = expect([*args, *shlex.split(bad)], tmp_path, [synthetic_data, tiny_run], names,
+                  env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert re.search(r"\|\s+segcl\.cli$", proc.stderr, re.MULTILINE)  # imports were timed
+    assert not TORCH_IMPORT.search(proc.stderr)  # ... and torch was not among them
+
+
+@pytest.mark.parametrize("bad", ["--loss hinge", "--semi-threshold 1"])
+def test_a_refused_option_leaves_the_run_it_would_overwrite(bad: str, synthetic_data: Path,
+                                                           tiny_run: Path,
+                                                           tmp_path: Path) -> None:
+    """``--overwrite`` clears the old run only once the new options are accepted."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    args = [a.format(data=synthetic_data) for a in COMMANDS["finetune"]]
+    expect([*args, "--overwrite", *shlex.split(bad)], tmp_path, [synthetic_data],
+           bad.split()[:1])
+    assert (run / "config.yaml").is_file() and (run / "best").is_dir()
