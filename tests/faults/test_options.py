@@ -91,6 +91,7 @@ CHOICES = [
     ("finetune", "--logger jsonl,bogus", ["--logger", "bogus"]),
     ("finetune", "--cache bogus", ["--cache", "bogus"]),
     ("finetune", "--contrast bogus", ["--contrast", "bogus"]),
+    ("finetune", "--semi --semi-teacher bogus", ["--semi-teacher", "bogus"]),
     ("pretrain", "--method bogus", ["--method", "bogus", "supcon"]),
     ("pretrain", "--method semi", ["--method", "semi"]),  # a fine-tuning method
     ("pretrain", "--variant pairs", ["--variant", "pairs"]),
