@@ -65,8 +65,6 @@ CASES = [
     ("finetune", "--checkpoint-every 0", ["--checkpoint-every"]),
     ("finetune", "--checkpoint-every abc", ["--checkpoint-every", "abc"]),
     ("pretrain", "--checkpoint-every 0s", ["--checkpoint-every"]),
-    ("finetune", "--cache bogus", ["--cache", "bogus"]),
-    ("finetune", "--contrast bogus", ["--contrast", "bogus"]),
     ("finetune", "--init-parts encoder", ["--init-parts", "--init"]),
     ("finetune", "--resume --overwrite", ["--resume", "--overwrite"]),
     ("finetune", "--no-such-flag", ["--no-such-flag"]),
