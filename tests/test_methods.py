@@ -54,7 +54,7 @@ def test_unknown_method_names_the_choices() -> None:
     with pytest.raises(ConfigError, match="'simclr' is a pretrain method, not a finetune method; "
                                           "choose pseudo-labels, semi, cross-image"):
         methods.get("simclr", kind="finetune")
-    with pytest.raises(ConfigError, match="choose simclr, multiscale, supcon"):
+    with pytest.raises(ConfigError, match="--method must be one of simclr, multiscale, supcon"):
         check_config(PretrainConfig(method="byol"))
 
 
