@@ -104,3 +104,16 @@ def _all_imports(module: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
     return names
+
+
+def test_checkpoint_and_hub_import_without_torch() -> None:
+    """``segcl hub`` commands (push, pull, list) start without loading torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, segcl.checkpoint, segcl.hub.refs, segcl.hub.remote; "
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

@@ -8,7 +8,8 @@ model, with the SHA-256 of the weights) and ``README.md`` (a model card generate
 
 The folder is written as ``NAME.tmp`` and swapped in (:func:`segcl.fileio.atomic_write_folder`),
 so a run killed at any moment leaves the previous or the new checkpoint, never a torn one.
-Reading never executes code: safetensors and JSON only, never pickles.
+Reading never executes code: safetensors and JSON only, never pickles. torch is imported only
+by the functions that need it, so ``segcl hub`` commands do not load it.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from segcl.checkpoint.card import render_model_card
 from segcl.checkpoint.config import CONFIG, WEIGHTS_SHA256, CheckpointConfig
 from segcl.errors import CheckpointError
 from segcl.fileio import atomic_write_folder, recover_folder
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHTS = "model.safetensors"
 CARD = "README.md"
@@ -63,6 +65,8 @@ def file_sha256(path: str | Path) -> str:
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file (no code is executed); an unreadable file is one
     CheckpointError line naming it."""
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
@@ -88,6 +92,8 @@ def check_safetensors_header(path: Path) -> None:
 
 def flatten_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimiser ``state_dict`` into safetensors-able tensors and JSON metadata."""
+    import torch
+
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
     for pid, entry in state["state"].items():
@@ -134,6 +140,7 @@ def save_checkpoint(
     ``config.json`` is ``config`` with the SHA-256 of the weights just written
     (:data:`WEIGHTS_SHA256`); the card is rendered from it.
     """
+    from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
@@ -164,6 +171,8 @@ def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     file that does not match it (tampered, bit-rotted, half-copied) is refused; so are weights
     holding NaN or Inf.
     """
+    import torch
+
     path = Path(folder) / WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{folder}: not a segcl checkpoint (missing {WEIGHTS})")
@@ -181,6 +190,8 @@ def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def read_training_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read the resume state written next to a checkpoint."""
+    from safetensors.torch import load_file
+
     folder = Path(folder)
     if not (folder / STATE_META).is_file() or not (folder / STATE_TENSORS).is_file():
         raise CheckpointError(f"{folder}: no training state to resume from")
