@@ -108,9 +108,9 @@ def test_run_writes_checkpoints_with_the_right_keys(runs, method) -> None:
     records = _records(run)
     assert [r["step"] for r in records] == [1, 2]
     for r in records:
-        for term in config["heads"]:
+        for term in config.heads:
             assert math.isfinite(r[term])
-        assert r["loss"] == pytest.approx(sum(r[t] for t in config["heads"]), abs=1e-4)
+        assert r["loss"] == pytest.approx(sum(r[t] for t in config.heads), abs=1e-4)
     saved = load_yaml(PretrainConfig, run / "config.yaml")
     assert saved.steps == 2 and saved.method == method
 
