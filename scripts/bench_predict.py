@@ -43,9 +43,8 @@ def main() -> None:
     device = resolve_device(args.device)
     model, config = load_model(args.model, device)
     files = [f for f, _ in find_images([args.images])][: args.limit]
-    d = config["data"]
-    size, mean, std = tuple(d["image_size"]), tuple(d["mean"]), tuple(d["std"])
-    palette = [tuple(c) for c in d["palette"]] if d.get("palette") else None
+    d = config.data
+    size, mean, std, palette = d.image_size, d.mean, d.std, d.palette
     images = [read_image(f) for f in files]
     tensors = [to_tensor(cv2.resize(im, (size[1], size[0])), mean, std) for im in images]
     n = len(files)

@@ -4,11 +4,14 @@ Every output segcl writes (masks, overlays, plots, configs, checkpoint files) go
 :func:`atomic_write`: the content is written to a temporary file next to the target, flushed, and
 renamed over it with ``os.replace`` (atomic on POSIX and Windows). A process killed mid-write
 leaves at most a hidden ``.NAME.*.tmp`` file, never a truncated output under the real name.
+A folder whose files belong together (a checkpoint) goes through :func:`atomic_write_folder`:
+written as ``NAME.tmp`` and swapped in with renames, so it is always the old or the new folder.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -70,3 +73,36 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             os.fsync(f.fileno())
 
     return atomic_write(path, write)
+
+
+def atomic_write_folder(folder: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on an empty folder ``NAME.tmp`` next to ``folder``, then swap it in.
+
+    The old folder is first renamed to ``NAME.old`` and removed once the new one is in place; a
+    process killed between the two renames leaves ``NAME.old``, which :func:`recover_folder`
+    puts back. So ``folder`` is always complete: the previous content or the new one.
+    """
+    final = Path(folder)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
+def recover_folder(folder: str | Path) -> Path:
+    """Return ``folder``, restoring it from ``NAME.old`` if a swap was interrupted."""
+    final = Path(folder)
+    old = final.with_name(final.name + ".old")
+    if not final.exists() and old.exists():
+        os.replace(old, final)
+    return final

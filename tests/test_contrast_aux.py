@@ -7,16 +7,18 @@ import math
 import pytest
 import torch
 
+from segcl.checkpoint import CheckpointConfig, read_weights, save_checkpoint
 from segcl.config import ContrastConfig, DataConfig, FinetuneConfig
 from segcl.data import DatasetInfo
 from segcl.data.synthetic import make_synthetic_dataset
-from segcl.engine.checkpoint import read_weights, save_checkpoint
 from segcl.engine.contrast_aux import CrossImageAux
 from segcl.engine.finetune import finetune
 from segcl.errors import CheckpointError
 from segcl.models import create_model
 
 INFO = DatasetInfo(classes=["a", "b", "c"], ignore_index=255)
+CONFIG = CheckpointConfig.create({"encoder": "test_resnet", "decoder": "unet", "num_classes": 3},
+                                 INFO, (0.5,) * 3, (0.25,) * 3, (32, 32))
 
 
 def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -94,12 +96,12 @@ def test_state_round_trip_with_memory(tmp_path) -> None:
     state = aux.state_for_checkpoint()
     assert state and all(k.startswith(("heads.contrast.", "heads.memory.")) for k in state)
     assert any(k.startswith("heads.memory.") for k in state)
-    save_checkpoint(tmp_path / "last", state, {})
+    save_checkpoint(tmp_path / "last", state, CONFIG)
     fresh = _aux(memory_bank=True, memory_size=20)
     fresh.load_state(tmp_path / "last")
     for k, v in fresh.state_for_checkpoint().items():
         assert torch.equal(v, state[k]), k
-    save_checkpoint(tmp_path / "plain", {"encoder.w": torch.zeros(1)}, {})
+    save_checkpoint(tmp_path / "plain", {"encoder.w": torch.zeros(1)}, CONFIG)
     with pytest.raises(CheckpointError, match=r"heads\.contrast"):
         fresh.load_state(tmp_path / "plain")
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from segcl.checkpoint import CheckpointConfig, save_checkpoint
 from segcl.cli import options
 from segcl.config import ContrastConfig, DataConfig, FinetuneConfig, SemiConfig
-from segcl.engine.checkpoint import checkpoint_config, load_model, save_checkpoint
+from segcl.engine.checkpoint import load_model
 from segcl.models import DECODERS, FPNDecoder, SegFormerDecoder, create_model
 from tests.conftest import run_cli
 
@@ -54,8 +55,8 @@ def test_checkpoint_round_trip(decoder: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = create_model("test_vit", decoder, num_classes=3).eval()
     info = DatasetInfo(classes=["a", "b", "c"])
-    config = checkpoint_config(model.config.to_dict(), info, (0.5,) * 3, (0.25,) * 3, (48, 64),
-                               method="finetune")
+    config = CheckpointConfig.create(model.config.to_dict(), info, (0.5,) * 3, (0.25,) * 3,
+                                     (48, 64), method="finetune")
     folder = save_checkpoint(tmp_path / "best", model.state_dict(), config)
     saved = json.loads((folder / "config.json").read_text())["model"]
     assert saved["decoder"] == decoder and saved["pyramid"] is True

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
+from segcl.checkpoint import read_config, read_training_state, read_weights
 from segcl.config import DataConfig, FinetuneConfig, OptimConfig
 from segcl.engine import finetune as finetune_module
 from segcl.engine.callbacks import Callback
-from segcl.engine.checkpoint import read_config, read_training_state, read_weights
 from segcl.engine.state import TrainState
 from segcl.errors import ConfigError
 from tests.conftest import run_cli
@@ -79,7 +79,7 @@ def test_patience_stops_keeps_the_best_and_logs(synthetic_data, tmp_path, script
     assert stop == [{"step": 20, "epoch": 5, "event": "early_stop", "patience": 3,
                      "best_miou": 0.20, "best_step": 8}]
     assert any("early stopping at step 20" in m for m in cb.messages)
-    assert read_config(out / "best")["metrics"]["val"]["miou"] == pytest.approx(0.20)
+    assert read_config(out / "best").metrics["val"]["miou"] == pytest.approx(0.20)
     assert read_training_state(out / "last")[1]["state"]["stale_evals"] == 3
     assert max(r["step"] for r in _records(out)) == 20  # no training after the stop
 

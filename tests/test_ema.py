@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from segcl.checkpoint import read_training_state, read_weights
 from segcl.config import DataConfig, FinetuneConfig, SemiConfig
-from segcl.engine.checkpoint import read_training_state, read_weights
 from segcl.engine.ema import WeightAverage
 from segcl.engine.finetune import TRAINED, finetune
 from segcl.errors import CheckpointError, ConfigError

@@ -199,16 +199,16 @@ def test_a_vit_exports_with_the_sizes_its_graph_supports(tmp_path, size) -> None
     the exporter cannot convert; at its pretraining size the trace leaves it out and the graph
     does not generalise): the export falls back to fixed height and width, checked at the
     training size, with the embeddings resampled once in PyTorch."""
+    from segcl.checkpoint import CheckpointConfig, save_checkpoint
     from segcl.data.info import DatasetInfo
-    from segcl.engine.checkpoint import checkpoint_config, save_checkpoint
     from segcl.engine.onnx_model import load_onnx_model
     from segcl.models import create_model
 
     torch.manual_seed(0)
     model = create_model("test_vit", "segformer", 3)
     info = DatasetInfo(classes=["a", "b", "c"], ignore_index=255)
-    config = checkpoint_config(model.config.to_dict(), info, (0.5,) * 3, (0.5,) * 3, size,
-                               "finetune")
+    config = CheckpointConfig.create(model.config.to_dict(), info, (0.5,) * 3, (0.5,) * 3, size,
+                                     method="finetune")
     save_checkpoint(tmp_path / "vit", model.state_dict(), config)
     out = tmp_path / "vit.onnx"
     result = export(ExportConfig(model=str(tmp_path / "vit"), out=str(out), check_count=2))

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from segcl.engine.checkpoint import read_training_state, read_weights
+from segcl.checkpoint import read_training_state, read_weights
 from tests.conftest import run_cli, run_torchrun
 
 ARGS = ["--encoder", "test_resnet", "--image-size", "48x64", "--steps", "3", "--workers", "0",

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from segcl.checkpoint import is_checkpoint_dir, parse_hf_ref, render_model_card, resolve_local
 from segcl.errors import CheckpointError, ConfigError, HubError
-from segcl.hub.card import render_model_card
-from segcl.hub.refs import is_checkpoint_dir, parse_hf_ref, resolve_local, resolve_model_ref
+from segcl.hub.refs import resolve_model_ref
 from segcl.hub.registry import (
     REGISTRY_ENV,
     compare_metrics,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segcl.engine.checkpoint import read_weights
+from segcl.checkpoint import read_weights
 from tests.conftest import REPO, run_cli
 
 

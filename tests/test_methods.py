@@ -178,15 +178,15 @@ def _records(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def teacher(synthetic_data: Path, tmp_path_factory) -> Path:
     """An untrained teacher checkpoint for the synthetic dataset (its classes, its crop size)."""
+    from segcl.checkpoint import CheckpointConfig, save_checkpoint
     from segcl.data import load_samples
-    from segcl.engine.checkpoint import checkpoint_config, save_checkpoint
     from segcl.models import create_model
 
     _, info = load_samples(synthetic_data, "train")
     torch.manual_seed(0)
     model = create_model("test_resnet", "unet", num_classes=info.num_classes)
-    config = checkpoint_config(model.config.to_dict(), info, (0.5,) * 3, (0.25,) * 3, (48, 64),
-                               method="finetune")
+    config = CheckpointConfig.create(model.config.to_dict(), info, (0.5,) * 3, (0.25,) * 3,
+                                     (48, 64), method="finetune")
     return save_checkpoint(tmp_path_factory.mktemp("teacher") / "best", model.state_dict(),
                            config)
 
@@ -236,8 +236,8 @@ def test_step_labels_join_masks_and_method_targets() -> None:
 @pytest.mark.parametrize("name", methods.names("finetune"))
 def test_each_finetune_method_runs_a_step(name: str, synthetic_data: Path, teacher: Path,
                                           tmp_path: Path) -> None:
+    from segcl.checkpoint import read_weights
     from segcl.data import load_samples
-    from segcl.engine.checkpoint import read_weights
     from segcl.engine.finetune import finetune
     from segcl.models import SegmentationModel
 
@@ -293,7 +293,7 @@ class Entropy(FinetuneMethod):
         return {"heads.entropy.scale": module["scale"].detach().clone()}
 
     def load_state(self, module, folder):
-        from segcl.engine.checkpoint import read_weights
+        from segcl.checkpoint import read_weights
 
         with torch.no_grad():
             module["scale"].copy_(read_weights(folder)["heads.entropy.scale"])
@@ -312,7 +312,7 @@ def entropy():
 
 def test_registering_a_finetune_method_makes_it_active(entropy, synthetic_data: Path,
                                                        tmp_path: Path) -> None:
-    from segcl.engine.checkpoint import read_weights
+    from segcl.checkpoint import read_weights
     from segcl.engine.finetune import finetune
 
     cfg = _finetune_cfg(synthetic_data, tmp_path / "run", steps=1)

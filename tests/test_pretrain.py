@@ -13,17 +13,17 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from segcl.config import DataConfig, FinetuneConfig, PretrainConfig, load_yaml
-from segcl.data import load_samples
-from segcl.data.synthetic import make_synthetic_dataset
-from segcl.engine.callbacks import Callback
-from segcl.engine.checkpoint import (
-    checkpoint_config,
+from segcl.checkpoint import (
+    CheckpointConfig,
     read_config,
     read_training_state,
     read_weights,
     save_checkpoint,
 )
+from segcl.config import DataConfig, FinetuneConfig, PretrainConfig, load_yaml
+from segcl.data import load_samples
+from segcl.data.synthetic import make_synthetic_dataset
+from segcl.engine.callbacks import Callback
 from segcl.engine.data_setup import load_splits
 from segcl.engine.finetune import finetune, initialize_from
 from segcl.engine.pretrain import build_net, pretrain, split_samples
@@ -101,16 +101,16 @@ def test_run_writes_checkpoints_with_the_right_keys(runs, method) -> None:
     assert best.keys() == last.keys()
     assert all(torch.equal(best[k], last[k]) for k in best)  # best = the last step's weights
     config = read_config(run / "best")
-    assert config["method"] == method
-    assert config["model"]["num_classes"] == 0
-    assert sorted(config["heads"]) == sorted(p.split(".")[1] for p in PARTS[method]
+    assert config.method == method
+    assert config.model["num_classes"] == 0
+    assert sorted(config.heads) == sorted(p.split(".")[1] for p in PARTS[method]
                                              if p.startswith("heads."))
     records = _records(run)
     assert [r["step"] for r in records] == [1, 2]
     for r in records:
-        for term in config["heads"]:
+        for term in config.heads:
             assert math.isfinite(r[term])
-        assert r["loss"] == pytest.approx(sum(r[t] for t in config["heads"]), abs=1e-4)
+        assert r["loss"] == pytest.approx(sum(r[t] for t in config.heads), abs=1e-4)
     saved = load_yaml(PretrainConfig, run / "config.yaml")
     assert saved.steps == 2 and saved.method == method
 
@@ -165,7 +165,7 @@ def test_resume_continues_at_the_saved_step(runs, tmp_path) -> None:
     assert any(not torch.equal(new[k], old[k]) for k in new if k.startswith("encoder."))
     again = pretrain(cfg, resume=True)  # a finished run: nothing to train, nothing rewritten
     assert again["steps"] == 3 and again["final_loss"] is None
-    assert read_config(run / "best")["pretrain"]["final"]["loss"] == result["final_loss"]
+    assert read_config(run / "best").pretrain["final"]["loss"] == result["final_loss"]
     with pytest.raises(ConfigError, match="already holds a run"):
         pretrain(cfg)
     with pytest.raises(ConfigError, match="nothing to resume"):
@@ -182,8 +182,8 @@ def test_pixel_term_dropped_without_masks(data, tmp_path) -> None:
     assert result["losses"] == ["global", "local"] and result["dropped_losses"] == ["pixel"]
     assert any("pixel term is unavailable" in m for m in cb.messages)
     config = read_config(run / "best")
-    assert config["pretrain"]["dropped_losses"] == ["pixel"]
-    assert config["heads"] == ["global", "local"]
+    assert config.pretrain["dropped_losses"] == ["pixel"]
+    assert config.heads == ["global", "local"]
     assert _parts(read_weights(run / "best")) == {"encoder", "heads.global", "heads.local"}
     assert load_yaml(PretrainConfig, run / "config.yaml").losses == ["global", "local"]
     assert any(r.get("dropped_losses") == ["pixel"] for r in _records(run))
@@ -198,8 +198,8 @@ def test_supcon_with_pseudo_labels(data, tmp_path) -> None:
         teacher.classifier.bias.copy_(torch.tensor([0.0, 3.0, 0.0, 0.0]))
     info = load_samples(data, "train")[1]
     save_checkpoint(tmp_path / "teacher", teacher.state_dict(),
-                    checkpoint_config(teacher.config.to_dict(), info, (0.5,) * 3, (0.25,) * 3,
-                                      SIZE, method="finetune"))
+                    CheckpointConfig.create(teacher.config.to_dict(), info, (0.5,) * 3, (0.25,) * 3,
+                                            SIZE, method="finetune"))
     cb = Recorder()
     cfg = _cfg(data, tmp_path / "run", "supcon", labeled_count=2, steps=1, variant="batch",
                max_pixels=300, pseudo_labels=str(tmp_path / "teacher"))

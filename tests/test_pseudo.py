@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from segcl.checkpoint import CheckpointConfig, save_checkpoint
 from segcl.config import FinetuneConfig
 from segcl.data import DatasetInfo, load_samples
 from segcl.data.synthetic import make_synthetic_dataset
 from segcl.engine.callbacks import Callback
-from segcl.engine.checkpoint import checkpoint_config, save_checkpoint
 from segcl.engine.pseudo import pseudo_label, threshold_probabilities
 from segcl.errors import ConfigError
 from segcl.models import create_model
@@ -73,8 +73,8 @@ def _teacher(folder: Path, info: DatasetInfo, bias: list[float]) -> Path:
     with torch.no_grad():
         model.classifier.weight.zero_()
         model.classifier.bias.copy_(torch.tensor(bias))
-    config = checkpoint_config(model.config.to_dict(), info, (0.5,) * 3, (0.25,) * 3, (32, 48),
-                               method="finetune")
+    config = CheckpointConfig.create(model.config.to_dict(), info, (0.5,) * 3, (0.25,) * 3,
+                                     (32, 48), method="finetune")
     return save_checkpoint(folder, model.state_dict(), config)
 
 

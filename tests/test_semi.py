@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from segcl.checkpoint import read_weights
 from segcl.config import DataConfig, FinetuneConfig, SemiConfig
 from segcl.data.transforms import WeakStrongTransform, cutmix_box
-from segcl.engine.checkpoint import read_weights
 from segcl.engine.data_setup import StreamSampler
 from segcl.engine.finetune import finetune
 from segcl.engine.semi import PseudoLabels, consistency_loss, mix_views, pseudo_labels

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from segcl.checkpoint import read_config
 from segcl.config import TTAConfig
-from segcl.engine.checkpoint import read_config
 from segcl.engine.inference import infer_logits, tta_probabilities
 from segcl.errors import ConfigError
 from segcl.models import ModelConfig, SegmentationModel
@@ -117,7 +117,7 @@ def test_predict_writes_probabilities_and_colour_masks(tiny_run: Path, synthetic
     proc = run_cli("predict", str(tiny_run), str(src), "--out", str(out), "--save-probs",
                    "--color", "--tta", "flip,scales=0.75,1,1.25", "--device", "cpu")
     assert proc.returncode == 1 and "broken.jpg" in proc.stdout + proc.stderr  # still reported
-    palette = np.array(read_config(tiny_run / "best")["data"]["palette"], np.uint8)
+    palette = np.array(read_config(tiny_run / "best").data.palette, np.uint8)
     names = sorted(p.stem for p in out.glob("*.png") if not p.stem.endswith("_color"))
     assert len(names) == 3 and "broken" not in names
     for name in names:

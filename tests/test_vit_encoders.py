@@ -154,16 +154,16 @@ class _Messages(Callback):
 def test_finetune_init_from_a_vit_checkpoint(legacy: bool, tmp_path) -> None:
     """A ViT pre-trained before the pyramid existed gives its encoder, not its decoder (which
     was fed other maps); one pre-trained with the pyramid gives both."""
+    from segcl.checkpoint import CheckpointConfig, save_checkpoint
     from segcl.data.info import DatasetInfo
-    from segcl.engine.checkpoint import checkpoint_config, save_checkpoint
     from segcl.engine.finetune import initialize_from
 
     config = {"encoder": "test_vit", "decoder": "unet", "num_classes": 0}
     source = SegmentationModel.from_dict(config if legacy else {**config, "pyramid": True})
     folder = save_checkpoint(
         tmp_path / "pre", source.state_dict(),
-        checkpoint_config(source.config.to_dict(), DatasetInfo(classes=["a", "b"]), (0.5,) * 3,
-                          (0.25,) * 3, (48, 64), method="supcon"))
+        CheckpointConfig.create(source.config.to_dict(), DatasetInfo(classes=["a", "b"]),
+                                (0.5,) * 3, (0.25,) * 3, (48, 64), method="supcon"))
     model = create_model("test_vit", "unet", num_classes=2)
     assert model.encoder.pyramid is not None
     cb = _Messages()

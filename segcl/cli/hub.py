@@ -91,8 +91,9 @@ def pull(
 
     Files go to the Hugging Face cache (HF_HOME); with HF_HUB_OFFLINE=1 they are served from it.
     """
+    from segcl.checkpoint import CHECKPOINT_FILES
     from segcl.fileio import atomic_write, check_target
-    from segcl.hub.refs import CHECKPOINT_FILES, resolve_model_ref
+    from segcl.hub.refs import resolve_model_ref
 
     if out is not None:
         check_target(out, folder=True)  # before downloading anything

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segcl.checkpoint import WEIGHTS, load_state_into, read_weights
 from segcl.config import ContrastConfig
 from segcl.data import DatasetInfo
-from segcl.engine.checkpoint import load_state_into, read_weights
 from segcl.errors import CheckpointError
 from segcl.losses import CrossImagePixelContrast, MemoryBank
 from segcl.losses.pixel import resize_labels
@@ -107,7 +107,7 @@ class CrossImageAux(nn.Module):
     def load_state(self, folder: str | Path) -> None:
         """Restore the head and memory bank saved by :meth:`state_for_checkpoint` in ``folder``."""
         weights = read_weights(folder)
-        source = str(Path(folder) / "model.safetensors")
+        source = str(Path(folder) / WEIGHTS)
         parts: list[tuple[str, nn.Module]] = [(HEAD_PREFIX, self.head)]
         if self.memory is not None:
             parts.append((MEMORY_PREFIX, self.memory))

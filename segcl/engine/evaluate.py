@@ -101,14 +101,13 @@ def evaluate(
 
     views = TTAConfig.parse(tta)  # a bad spec fails before the model is loaded
     model, config, dev = load_for_inference(model_ref, device)
-    d = config["data"]
-    info = DatasetInfo(classes=d["classes"], ignore_index=d["ignore_index"],
-                       palette=d.get("palette"), name=config.get("dataset"))
+    d = config.data
+    info = DatasetInfo(classes=d.classes, ignore_index=d.ignore_index, palette=d.palette,
+                       name=config.dataset)
     samples, _ = load_samples(data, split, layout, info)
     validate_samples(samples, info)
-    size = tuple(d["image_size"])
-    loader = eval_loader(samples, info, size, tuple(d["mean"]), tuple(d["std"]), mode, dev,
-                         batch_size, workers)
+    size = d.image_size
+    loader = eval_loader(samples, info, size, d.mean, d.std, mode, dev, batch_size, workers)
     if callback is not None:
         callback.on_start(len(samples), 0, "evaluate")
     counter = _Counter(callback)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from segcl.checkpoint import CheckpointConfig
 from segcl.config import ExportConfig
 from segcl.engine.callbacks import Callback
 from segcl.errors import CheckpointError, SegclError
@@ -166,7 +167,7 @@ def _trace_fixed(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
         return _trace(fixed, example, opset, dynamic_size=False)
 
 
-def _with_metadata(graph: bytes, config: dict[str, Any], cfg: ExportConfig,
+def _with_metadata(graph: bytes, config: CheckpointConfig, cfg: ExportConfig,
                    dynamic_size: bool) -> bytes:
     """Add segcl's ``metadata_props`` (and a doc string) to a serialised model; check it."""
     from segcl import __version__
@@ -176,18 +177,18 @@ def _with_metadata(graph: bytes, config: dict[str, Any], cfg: ExportConfig,
     proto = onnx.load_from_string(graph)
     axes = "batch,height,width" if dynamic_size else "batch"
     onnx.helper.set_model_props(proto, {
-        om.META_CONFIG: json.dumps(config, sort_keys=True),
+        om.META_CONFIG: json.dumps(config.to_dict(), sort_keys=True),
         om.META_FORMAT: om.FORMAT_VERSION,
         om.META_OPSET: str(cfg.opset),
         om.META_DYNAMIC: axes,
         om.META_SOURCE: str(cfg.model),
         om.META_VERSION: __version__,
     })
-    classes = config["data"]["classes"]
-    proto.doc_string = (f"segcl {config['model']['encoder']} + {config['model']['decoder']} "
+    classes = config.data.classes
+    proto.doc_string = (f"segcl {config.model['encoder']} + {config.model['decoder']} "
                         f"semantic segmentation ({len(classes)} classes). Input 'image': float32 "
                         f"(batch, 3, height, width), RGB scaled to [0, 1] and normalised with "
-                        f"mean {config['data']['mean']} and std {config['data']['std']}. Output "
+                        f"mean {list(config.data.mean)} and std {list(config.data.std)}. Output "
                         "'logits': float32 (batch, classes, height, width). The checkpoint's "
                         f"config.json is in the metadata under '{om.META_CONFIG}'.")
     onnx.checker.check_model(proto)
@@ -210,7 +211,7 @@ def _second_size(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
     return size[0] + stride, size[1] + 2 * stride
 
 
-def check_images(cfg: ExportConfig, config: dict[str, Any]) -> tuple[list[np.ndarray], str]:
+def check_images(cfg: ExportConfig, config: CheckpointConfig) -> tuple[list[np.ndarray], str]:
     """Up to ``cfg.check_count`` RGB images for the parity check, and where they came from:
     ``--check-images``, else the validation split of the dataset the checkpoint was trained on
     (``config.json``'s ``train.data``) when it is found, else generated images."""
@@ -219,7 +220,7 @@ def check_images(cfg: ExportConfig, config: dict[str, Any]) -> tuple[list[np.nda
     if cfg.check_images:
         files = [path for path, _ in find_images([cfg.check_images])][: cfg.check_count]
         return [read_image(f) for f in files], str(cfg.check_images)
-    data = (config.get("train") or {}).get("data") or {}
+    data = (config.train or {}).get("data") or {}
     root = data.get("root")
     if root and Path(root).is_dir():
         from segcl.data import load_samples
@@ -235,8 +236,8 @@ def check_images(cfg: ExportConfig, config: dict[str, Any]) -> tuple[list[np.nda
             pass  # the dataset moved or changed: fall back to generated images
     from segcl.data.synthetic import render_sample
 
-    size = tuple(config["data"]["image_size"])
-    images = [render_sample(np.random.default_rng([7, i]), size)[0]  # type: ignore[arg-type]
+    size = config.data.image_size
+    images = [render_sample(np.random.default_rng([7, i]), size)[0]
               for i in range(cfg.check_count)]
     return images, "generated images"
 
@@ -258,7 +259,7 @@ def compare(reference: nn.Module, exported: nn.Module, batches: list[torch.Tenso
     return ParityCheck(size, n, worst, same / max(1, total))  # type: ignore[arg-type]
 
 
-def _batches(images: list[np.ndarray], config: dict[str, Any], size: tuple[int, int],
+def _batches(images: list[np.ndarray], config: CheckpointConfig, size: tuple[int, int],
              batch_size: int) -> list[torch.Tensor]:
     """The check images preprocessed as ``predict`` does, at ``size``, in batches."""
     from segcl.engine.inference import input_transform
@@ -282,7 +283,7 @@ def export(cfg: ExportConfig, callback: Callback | None = None) -> ExportResult:
     if getattr(model, "classifier", None) is None:
         raise CheckpointError(f"{cfg.model}: a pre-training checkpoint has no classifier; "
                               "fine-tune it, then export the fine-tuned model")
-    size: tuple[int, int] = tuple(config["data"]["image_size"])  # type: ignore[assignment]
+    size = config.data.image_size
     second = _second_size(model, size)
     example = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
 

@@ -33,22 +33,20 @@ from torch import Tensor, nn
 
 from segcl import loggers
 from segcl import methods as registry
-from segcl.config import FinetuneConfig, save_yaml, to_dict
-from segcl.data import SegmentationDataset
-from segcl.data.transforms import TrainTransform
-from segcl.engine import distributed
-from segcl.engine import state as train_state
-from segcl.engine.callbacks import Callback, RunInfo
-from segcl.engine.checkpoint import (
-    CONFIG,
-    check_model_config,
-    checkpoint_config,
+from segcl.checkpoint import (
+    CheckpointConfig,
     load_state_into,
     read_config,
     read_training_state,
     read_weights,
     save_checkpoint,
 )
+from segcl.config import FinetuneConfig, save_yaml, to_dict
+from segcl.data import SegmentationDataset
+from segcl.data.transforms import TrainTransform
+from segcl.engine import distributed
+from segcl.engine import state as train_state
+from segcl.engine.callbacks import Callback, RunInfo
 from segcl.engine.data_setup import load_splits, normalization, train_loader
 from segcl.engine.ema import WeightAverage
 from segcl.engine.evaluate import eval_loader, evaluate_loader
@@ -78,7 +76,7 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def initialize_from(
     model: SegmentationModel, ref: str, parts: str, callback: Callback
-) -> dict[str, Any]:
+) -> CheckpointConfig:
     """Load pre-trained weights into ``model``.
 
     ``parts``: ``encoder`` (encoder only), ``all`` (encoder + decoder + classifier when it fits),
@@ -92,9 +90,8 @@ def initialize_from(
         raise ConfigError(f"unknown --init-parts '{parts}'; choose auto, encoder or all")
     folder = resolve_model_ref(ref)
     config = read_config(folder)
-    check_model_config(config, folder / CONFIG)
     weights = {k: v for k, v in read_weights(folder).items() if not k.startswith("heads.")}
-    source_model = config.get("model", {})
+    source_model = config.model
     if source_model.get("encoder") != model.config.encoder:
         raise CheckpointError(
             f"{folder}: checkpoint encoder is '{source_model.get('encoder')}', "
@@ -120,7 +117,7 @@ def initialize_from(
     load_state_into(model, selected, str(folder), strict=False)
     callback.on_message(
         f"initialised {', '.join(p.rstrip('.') for p in keep)} from {ref} "
-        f"(method {config.get('method', '?')})"
+        f"(method {config.method or '?'})"
     )
     return config
 
@@ -234,7 +231,7 @@ def _finetune(
     model = SegmentationModel(model_cfg)
     encoder_weights: dict[str, Any] | None = None  # provenance, for config.json
     if resume:  # the weights come from the run; its checkpoint says where they started
-        encoder_weights = read_config(run.last).get("encoder_weights")
+        encoder_weights = read_config(run.last).encoder_weights
     elif cfg.encoder_weights:
         from segcl.models.weights import load_encoder_weights
 
@@ -294,10 +291,10 @@ def _finetune(
         save_yaml(cfg, run.path / "config.yaml")
 
     def save(folder, metrics: dict[str, Any] | None, with_state: bool) -> None:
-        config = checkpoint_config(model_cfg.to_dict(), info, mean, std, size, method="finetune",
-                                   command=cfg.command, metrics=metrics,
-                                   encoder_weights=encoder_weights)
-        config["train"] = to_dict(cfg)
+        config = CheckpointConfig.create(model_cfg.to_dict(), info, mean, std, size,
+                                         method="finetune", command=cfg.command,
+                                         metrics=metrics or {}, encoder_weights=encoder_weights,
+                                         train=to_dict(cfg))
         weights = evaluated.state_dict()
         state = None
         if with_state:  # the methods' heads and queues are not part of the export

@@ -17,33 +17,32 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segcl.checkpoint import CheckpointConfig
 from segcl.config import EVAL_MODES, TTAConfig
 from segcl.data.transforms import EvalTransform
 from segcl.errors import ConfigError
 
 
 def input_transform(
-    config: dict[str, Any], mode: str = "resize", size: tuple[int, int] | None = None
+    config: CheckpointConfig, mode: str = "resize", size: tuple[int, int] | None = None
 ) -> EvalTransform:
     """The inference preprocessing a checkpoint's ``config.json`` asks for, for every backend
     (PyTorch or ONNX): resize to ``size`` (default: the training ``image_size``; none for
     ``slide``) and normalise with the checkpoint's mean / std."""
-    data = config["data"]
+    data = config.data
     if mode == "resize" and size is None:
-        size = tuple(data["image_size"])  # type: ignore[assignment]
-    return EvalTransform(size if mode == "resize" else None, mean=tuple(data["mean"]),
-                         std=tuple(data["std"]))
+        size = data.image_size
+    return EvalTransform(size if mode == "resize" else None, mean=data.mean, std=data.std)
 
 
 def load_for_inference(
     ref: str | Path, device: str = "auto"
-) -> tuple[nn.Module, dict[str, Any], torch.device]:
+) -> tuple[nn.Module, CheckpointConfig, torch.device]:
     """A model to predict or evaluate with, its checkpoint config and its device.
 
     ``ref`` is any model reference (:func:`segcl.engine.checkpoint.load_model`) or an ``.onnx``

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from segcl.checkpoint import CheckpointConfig
 from segcl.errors import CheckpointError, ConfigError
 from segcl.extras import require
 
@@ -112,10 +113,8 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(logits).to(x.device)
 
 
-def onnx_config(metadata: dict[str, str], path: str | Path) -> dict[str, Any]:
+def onnx_config(metadata: dict[str, str], path: str | Path) -> CheckpointConfig:
     """The checkpoint configuration embedded by ``segcl export``, checked like a config.json."""
-    from segcl.engine.checkpoint import check_model_config
-
     if META_CONFIG not in metadata:
         raise CheckpointError(f"{path}: no '{META_CONFIG}' metadata; export the model with "
                               "`segcl export` to predict with it")
@@ -125,13 +124,12 @@ def onnx_config(metadata: dict[str, str], path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: invalid '{META_CONFIG}' metadata ({err})") from err
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: '{META_CONFIG}' metadata must be a JSON object")
-    check_model_config(config, f"{path} ({META_CONFIG})")
-    return config
+    return CheckpointConfig.from_dict(config, f"{path} ({META_CONFIG})")
 
 
 def load_onnx_model(
     path: str | Path, device: str = "auto"
-) -> tuple[OnnxModel, dict[str, Any], torch.device]:
+) -> tuple[OnnxModel, CheckpointConfig, torch.device]:
     """Open an ``.onnx`` file written by ``segcl export``.
 
     Returns:
@@ -146,5 +144,5 @@ def load_onnx_model(
     config = onnx_config(model.metadata, path)
     axes = model.metadata.get(META_DYNAMIC, "batch,height,width").split(",")
     if "height" not in axes or "width" not in axes:
-        model.fixed_size = tuple(config["data"]["image_size"])  # type: ignore[assignment]
+        model.fixed_size = config.data.image_size
     return model, config, tensors

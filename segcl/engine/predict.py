@@ -27,12 +27,12 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
+from segcl.checkpoint import CheckpointConfig
 from segcl.config import TTAConfig
 from segcl.data import EvalTransform, find_images, read_image, write_mask
 from segcl.engine.callbacks import Callback
@@ -112,7 +112,7 @@ def _write(item: _Item, mask: np.ndarray, probs: np.ndarray | None, out_dir: Pat
 
 def predict_files(
     model: torch.nn.Module,
-    config: dict[str, Any],
+    config: CheckpointConfig,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     *,
@@ -140,14 +140,13 @@ def predict_files(
     device = torch.device(device)
     out_dir = Path(out_dir)
     files = find_images(inputs)
-    data = config["data"]
-    window = tuple(data["image_size"])
+    window = config.data.image_size
     transform = input_transform(config, mode)
-    palette = [tuple(c) for c in data["palette"]] if data.get("palette") else None
+    palette = config.data.palette
     if palette is None:
         from segcl.viz import default_palette
 
-        palette = default_palette(len(data["classes"]))
+        palette = default_palette(len(config.data.classes))
     result = PredictResult()
     model.eval()
     if channels_last:

@@ -38,18 +38,18 @@ import torch
 from torch import Tensor, nn
 
 from segcl import loggers, methods
-from segcl.config import PretrainConfig, save_yaml, to_dict
-from segcl.data import DatasetInfo, Sample, SegmentationDataset, validate_samples
-from segcl.engine import distributed
-from segcl.engine import state as train_state
-from segcl.engine.callbacks import Callback, RunInfo
-from segcl.engine.checkpoint import (
-    checkpoint_config,
+from segcl.checkpoint import (
+    CheckpointConfig,
     load_state_into,
     read_training_state,
     read_weights,
     save_checkpoint,
 )
+from segcl.config import PretrainConfig, save_yaml, to_dict
+from segcl.data import DatasetInfo, Sample, SegmentationDataset, validate_samples
+from segcl.engine import distributed
+from segcl.engine import state as train_state
+from segcl.engine.callbacks import Callback, RunInfo
 from segcl.engine.data_setup import load_splits, normalization, train_loader
 from segcl.engine.loop import Job, train_loop
 from segcl.engine.optim import build_optimizer
@@ -287,15 +287,15 @@ def _pretrain(
 
     def save(folder, with_state: bool) -> None:
         # training losses are not evaluation metrics: they go to "pretrain", not "metrics"
-        config = checkpoint_config(model_cfg.to_dict(), info, mean, std, size, method=cfg.method,
-                                   command=cfg.command, heads=list(terms),
-                                   encoder_weights=net.encoder_weights)
-        config["pretrain"] = {
+        pretrain = {
             "losses": list(terms), "dropped_losses": data.dropped, "trained": trained,
             "steps": st.step,
             "final": {k: v for k, v in last_logs.items() if k in ("loss", *terms)},
         }
-        config["train"] = to_dict(cfg)
+        config = CheckpointConfig.create(model_cfg.to_dict(), info, mean, std, size,
+                                         method=cfg.method, command=cfg.command,
+                                         heads=list(terms), encoder_weights=net.encoder_weights,
+                                         pretrain=pretrain, train=to_dict(cfg))
         save_checkpoint(folder, net.state_dict(), config,
                         train_state.pack(st, optimizer, scaler) if with_state else None)
 

@@ -107,16 +107,15 @@ def pseudo_label(
     if not unlabeled:
         cb.on_message("pseudo-labels: no unlabelled images to label")
         return [], []
-    teacher_classes = config.get("data", {}).get("classes") or []
-    if len(teacher_classes) != info.num_classes:
+    d = config.data
+    if len(d.classes) != info.num_classes:
         raise ConfigError(
-            f"pseudo-label teacher {teacher_ref} predicts {len(teacher_classes)} classes, the "
+            f"pseudo-label teacher {teacher_ref} predicts {len(d.classes)} classes, the "
             f"dataset has {info.num_classes}"
         )
-    d = config["data"]
-    size = tuple(d["image_size"])
+    size = d.image_size
     mode = getattr(cfg, "eval_mode", "resize")
-    loader = eval_loader(unlabeled, info, size, tuple(d["mean"]), tuple(d["std"]), mode, device,
+    loader = eval_loader(unlabeled, info, size, d.mean, d.std, mode, device,
                          batch_size=batch_size, workers=0)
     amp = amp_dtype(device, getattr(cfg, "amp", True))
     dtype = _mask_dtype(info)

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from segcl.engine.checkpoint import STATE_META, recover
+from segcl.checkpoint import STATE_META, recover
 from segcl.errors import ConfigError
 from segcl.fileio import atomic_write_text, check_target
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from segcl.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 from segcl.config import parse_every
-from segcl.engine.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Checkpoints on the Hugging Face Hub and the registry of named checkpoints.
 
-Public API (imported lazily, so that ``segcl.hub.card`` does not pull in huggingface_hub):
+Public API (imported lazily, so that ``import segcl.hub`` does not pull in huggingface_hub):
 
-- :func:`resolve_model_ref`, :func:`is_checkpoint_dir`, :func:`parse_hf_ref` (``refs``)
+- :func:`resolve_model_ref` (``refs``); :func:`is_checkpoint_dir`, :func:`parse_hf_ref` and
+  :func:`render_model_card` (re-exported from :mod:`segcl.checkpoint`, which owns the format)
 - :func:`push`, :func:`pull`, :class:`PushResult` (``remote``)
 - :func:`load_registry`, :class:`RegistryEntry`, :func:`default_registry_path` (``registry``)
-- :func:`render_model_card` (``card``)
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from typing import Any
 
 _EXPORTS = {
     "resolve_model_ref": "segcl.hub.refs",
-    "is_checkpoint_dir": "segcl.hub.refs",
-    "parse_hf_ref": "segcl.hub.refs",
+    "is_checkpoint_dir": "segcl.checkpoint.refs",
+    "parse_hf_ref": "segcl.checkpoint.refs",
     "push": "segcl.hub.remote",
     "pull": "segcl.hub.remote",
     "PushResult": "segcl.hub.remote",
     "load_registry": "segcl.hub.registry",
     "RegistryEntry": "segcl.hub.registry",
     "default_registry_path": "segcl.hub.registry",
-    "render_model_card": "segcl.hub.card",
+    "render_model_card": "segcl.checkpoint.card",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from segcl.checkpoint.refs import REPO_ID
 from segcl.errors import ConfigError, HubError
 
 REGISTRY_FILENAME = "checkpoints.yaml"
@@ -36,7 +37,6 @@ PLACEHOLDERS = frozenset({"data", "out"})
 DEFAULT_EVALUATION = "{out}/eval.json"
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -186,7 +186,7 @@ def _parse_entry(path: Path, name: str, raw: Any) -> RegistryEntry:
     if not isinstance(published, bool):
         raise fail("published", "must be true or false")
     repo_id, revision, sha256 = raw.get("repo_id"), raw.get("revision"), raw.get("sha256")
-    if repo_id is not None and (not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id)):
+    if repo_id is not None and (not isinstance(repo_id, str) or not REPO_ID.fullmatch(repo_id)):
         raise fail("repo_id", "must look like 'user/name'")
     if revision is not None and (not isinstance(revision, str) or not _SHA1.fullmatch(revision)):
         raise fail("revision", "must be a full 40-character commit sha (lowercase hex)")

@@ -12,12 +12,9 @@ logged or included in an error message.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
-import json
 import os
 import re
-import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,12 +33,19 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from segcl import __version__
-from segcl.errors import CheckpointError, ConfigError, HubError
-from segcl.hub.card import render_model_card
-from segcl.hub.refs import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, resolve_local
+from segcl.checkpoint import (
+    CARD,
+    CONFIG,
+    WEIGHTS,
+    CheckpointConfig,
+    check_repo_id,
+    check_safetensors_header,
+    file_sha256,
+    render_model_card,
+    resolve_local,
+)
+from segcl.errors import ConfigError, HubError
 
-_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -87,32 +91,6 @@ class PushResult:
     def hf_ref(self) -> str:
         """The pinned reference, usable anywhere segcl expects a model."""
         return f"hf://{self.repo_id}@{self.commit_sha}"
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_safetensors_header(path: Path) -> None:
-    """Refuse a file whose safetensors header is malformed (reads the header only)."""
-    try:
-        with open(path, "rb") as handle:
-            raw_len = handle.read(8)
-            if len(raw_len) != 8:
-                raise ValueError("shorter than the 8-byte header length")
-            (length,) = struct.unpack("<Q", raw_len)
-            if length <= 0 or length > min(100 * 1024 * 1024, path.stat().st_size - 8):
-                raise ValueError(f"header length {length} is out of range")
-            header = json.loads(handle.read(length))
-            if not isinstance(header, dict):
-                raise ValueError("header is not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
 
 
 def _known_tokens(token: str | None) -> list[str]:
@@ -176,22 +154,10 @@ def _hub_errors(repo_id: str, revision: str | None, *, token: str | None,
                        f"({type(exc).__name__})") from None
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable config.json ({exc})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: config.json must hold a JSON object")
-    return config
-
-
-def _default_message(config: dict[str, Any]) -> str:
-    model = config.get("model") or {}
-    return (f"segcl {config.get('segcl_version', __version__)}: {config.get('method', 'model')} "
-            f"{model.get('encoder', '?')}+{model.get('decoder', '?')} "
-            f"on {config.get('dataset', '?')}")
+def _default_message(config: CheckpointConfig) -> str:
+    dataset = config.dataset if "dataset" not in config.absent else "?"
+    return (f"segcl {config.segcl_version}: {config.method or 'model'} "
+            f"{config.model['encoder']}+{config.model['decoder']} on {dataset}")
 
 
 def push(
@@ -211,26 +177,25 @@ def push(
     (``PushResult.changed`` is False and ``commit_sha`` is the existing head). With ``tag``, the
     commit is tagged too (an existing tag must already point at it).
     """
-    if not _REPO_ID.fullmatch(repo_id):
-        raise ConfigError(f"{repo_id}: a repository id looks like 'user/name'")
+    check_repo_id(repo_id)
     if tag is not None and not _TAG.fullmatch(tag):
         raise ConfigError(f"{tag}: a tag may hold letters, digits, '.', '_' and '-'")
     folder = resolve_local(Path(checkpoint))
-    weights = folder / WEIGHTS_FILE
+    weights = folder / WEIGHTS
     check_safetensors_header(weights)
-    config = _read_config(folder)
+    config = CheckpointConfig.from_file(folder / CONFIG)
     if constants.is_offline_mode():
         raise HubError(f"push {repo_id}: offline mode is on (HF_HUB_OFFLINE=1); cannot push")
-    card = render_model_card(config, repo_id=repo_id)
-    digest = sha256_file(weights)
+    card = render_model_card(config.to_dict(), repo_id=repo_id)
+    digest = file_sha256(weights)
     api = HfApi(endpoint=endpoint, token=token)
     with _hub_errors(repo_id, None, token=token, endpoint=endpoint, action="push"):
         repo_url = api.create_repo(repo_id, exist_ok=True, private=private)
         before = _head(api, repo_id)
         operations = [
-            CommitOperationAdd(path_in_repo=WEIGHTS_FILE, path_or_fileobj=str(weights)),
-            CommitOperationAdd(path_in_repo=CONFIG_FILE, path_or_fileobj=str(folder / CONFIG_FILE)),
-            CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode("utf-8")),
+            CommitOperationAdd(path_in_repo=WEIGHTS, path_or_fileobj=str(weights)),
+            CommitOperationAdd(path_in_repo=CONFIG, path_or_fileobj=str(folder / CONFIG)),
+            CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=card.encode("utf-8")),
         ]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "No files have been modified": reported via `changed`
@@ -285,18 +250,17 @@ def pull(
     from the one commit it resolves to. ``sha256`` (the registry's pin) is checked against
     ``model.safetensors``; without it the Hub's LFS sha256 is used.
     """
-    if not _REPO_ID.fullmatch(repo_id):
-        raise ConfigError(f"{repo_id}: a repository id looks like 'user/name'")
+    check_repo_id(repo_id)
     rev = revision or "main"
     where = f"{repo_id}@{rev}"
     kwargs: dict[str, Any] = {"endpoint": endpoint, "token": token,
                               "cache_dir": str(cache_dir) if cache_dir else None}
     with _hub_errors(repo_id, rev, token=token, endpoint=endpoint, action="pull"):
-        config_path = _download(repo_id, CONFIG_FILE, rev, where, kwargs)
+        config_path = _download(repo_id, CONFIG, rev, where, kwargs)
         commit = config_path.parent.name  # snapshots/<commit sha>/config.json
-        weights = _download(repo_id, WEIGHTS_FILE, commit, where, kwargs)
+        weights = _download(repo_id, WEIGHTS, commit, where, kwargs)
         with contextlib.suppress(EntryNotFoundError):  # the card is optional for loading
-            hf_hub_download(repo_id, CARD_FILE, revision=commit, **kwargs)
+            hf_hub_download(repo_id, CARD, revision=commit, **kwargs)
     folder = config_path.parent
     _verify(weights, repo_id, commit, sha256, api_kwargs={"endpoint": endpoint, "token": token})
     return folder
@@ -325,18 +289,18 @@ def _verify(weights: Path, repo_id: str, commit: str, expected: str | None,
     if expected is None and not constants.is_offline_mode():
         with _hub_errors(repo_id, commit, token=api_kwargs.get("token"),
                          endpoint=api_kwargs.get("endpoint"), action="pull"):
-            infos = HfApi(**api_kwargs).get_paths_info(repo_id, [WEIGHTS_FILE], revision=commit)
+            infos = HfApi(**api_kwargs).get_paths_info(repo_id, [WEIGHTS], revision=commit)
         lfs = infos[0].lfs if infos else None
         expected = lfs.sha256 if lfs is not None else None
     if expected is None:
-        warnings.warn(f"{repo_id}@{commit[:12]}: no sha256 to verify {WEIGHTS_FILE} against",
+        warnings.warn(f"{repo_id}@{commit[:12]}: no sha256 to verify {WEIGHTS} against",
                       stacklevel=3)
         return
-    actual = sha256_file(weights)
+    actual = file_sha256(weights)
     if actual != expected.lower():
         location = os.path.realpath(weights)
         raise HubError(
-            f"pull {repo_id}@{commit[:12]}: sha256 mismatch for {WEIGHTS_FILE}: expected "
+            f"pull {repo_id}@{commit[:12]}: sha256 mismatch for {WEIGHTS}: expected "
             f"{expected[:16]}... from {source}, got {actual[:16]}...; the copy at {location} is "
             f"corrupted or was modified -- delete it and pull again"
         )
@@ -345,8 +309,7 @@ def _verify(weights: Path, repo_id: str, commit: str, expected: str | None,
 def fetch_file(repo_id: str, filename: str, revision: str | None = None, *,
                endpoint: str | None = None, token: str | None = None) -> Path:
     """Download one file of any Hub repository (e.g. timm weights) into the HF cache."""
-    if not _REPO_ID.fullmatch(repo_id):
-        raise ConfigError(f"{repo_id}: a repository id looks like 'user/name'")
+    check_repo_id(repo_id)
     rev = revision or "main"
     kwargs: dict[str, Any] = {"endpoint": endpoint, "token": token}
     with _hub_errors(repo_id, rev, token=token, endpoint=endpoint, action="fetch"):

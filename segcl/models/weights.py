@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
+from segcl.checkpoint import WEIGHTS, file_sha256, parse_hf_ref, read_safetensors
 from segcl.errors import CheckpointError, ConfigError, HubError
 
 if TYPE_CHECKING:
@@ -154,30 +153,16 @@ def _download(repo_id: str, filename: str, revision: str | None) -> Path:
 def _locate(source: str) -> tuple[Path, str | None]:
     """The safetensors file of an ``hf://``, ``hf-hub:`` or path source (and its repository)."""
     if source.startswith(("hf://", "hf-hub:")):
-        from segcl.hub.refs import parse_hf_ref
         from segcl.hub.remote import fetch_file
 
         ref = source if source.startswith("hf://") else "hf://" + source[len("hf-hub:"):]
         repo_id, revision = parse_hf_ref(ref)
-        return fetch_file(repo_id, "model.safetensors", revision), repo_id
+        return fetch_file(repo_id, WEIGHTS, revision), repo_id
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"{source}: encoder weights not found (imagenet[:TAG], a .safetensors "
                           "file, hf://user/name or hf-hub:user/name)")
     return path, None
-
-
-def _read(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({err})") from err
-
-
-def _file_sha256(path: Path) -> str:
-    from segcl.engine.checkpoint import file_sha256
-
-    return file_sha256(path)
 
 
 def _snapshot_revision(path: Path) -> str | None:
@@ -216,14 +201,14 @@ def load_timm_weights(encoder: TimmEncoder, source: str = TIMM_WEIGHTS) -> Encod
     repo_id, _, revision = cfg.hf_hub_id.partition("@")
     filename = _safetensors_name(cfg.hf_hub_filename or "pytorch_model.bin")
     path = _download(repo_id, filename, revision or None)
-    state = _read(path)
+    state = read_safetensors(path)
     try:
         encoder.model.load_state_dict(encoder.timm_model(name, state).state_dict())
     except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: timm's {name} weights do not fit encoder "
                               f"'{encoder.name}' ({first})") from err
-    return EncoderWeights(source=source, sha256=_file_sha256(path),
+    return EncoderWeights(source=source, sha256=file_sha256(path),
                           tensors=len(encoder.model.state_dict()), timm_name=name,
                           repo_id=repo_id, revision=_snapshot_revision(path) or revision or None,
                           filename=filename)
@@ -241,7 +226,7 @@ def load_encoder_weights(encoder: TimmEncoder, source: str) -> EncoderWeights:
     if timm_tag(source) is not None:
         return load_timm_weights(encoder, source)
     path, repo_id = _locate(source)
-    weights = encoder_state(_read(path))
+    weights = encoder_state(read_safetensors(path))
     own = encoder.model.state_dict()
     matched = {k: v for k, v in weights.items() if k in own}
     bad = [k for k, v in matched.items() if v.shape != own[k].shape]
@@ -256,7 +241,7 @@ def load_encoder_weights(encoder: TimmEncoder, source: str) -> EncoderWeights:
         raise CheckpointError(f"{source}: {len(missing)} encoder tensors missing, e.g. "
                               f"'{missing[0]}'")
     encoder.model.load_state_dict(matched, strict=False)
-    return EncoderWeights(source=source, sha256=_file_sha256(path), tensors=len(matched),
+    return EncoderWeights(source=source, sha256=file_sha256(path), tensors=len(matched),
                           repo_id=repo_id,
                           revision=_snapshot_revision(path) if repo_id else None,
-                          filename="model.safetensors" if repo_id else None)
+                          filename=WEIGHTS if repo_id else None)
