@@ -58,7 +58,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-PRETRAIN_ARMS = ("simclr", "multiscale", "supcon")
 #: the protocol per machine. cpu: what the README's CamVid table ran on 2 cores (96x128, 1000
 #: steps, one strong view and 4 unlabelled images per step for the semi arms). gpu: 360x480 on
 #: one GPU with bf16 and channels_last (finetune's defaults on CUDA), UniMatch's two strong
@@ -71,11 +70,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "workers": 12, "finetune_extra": "--brightness 0.3 --contrast-jitter 0.3 "
                                               "--device cuda"},
 }
-#: fine-tuning-only arms and the flags that make them
-FINETUNE_ARMS = {
-    "random": [],
-    "cross-image": ["--contrast", "cross-image"],
-    "semi": ["--semi"],
+#: the protocol's compositions of fine-tuning flags, next to the registered methods' own arms
+#: (:func:`finetune_arms`)
+VARIANTS = {
     "semi-shared": ["--semi", "--semi-shared-forward"],
     "semi+contrast": ["--semi", "--semi-shared-forward", "--contrast", "cross-image",
                       "--contrast-warmup", "200"],
@@ -84,6 +81,28 @@ FINETUNE_ARMS = {
     "semi-ema": ["--semi", "--ema", "0.99", "--semi-teacher", "ema", "--no-semi-fp"],
     "ema": ["--ema", "0.99"],
 }
+#: a pre-training arm ``METHOD-pseudo`` pre-trains METHOD with the random arm's pseudo-labels
+PSEUDO_SUFFIX = "-pseudo"
+
+
+def finetune_arms() -> dict[str, list[str]]:
+    """The arms that only fine-tune, with their flags: random init, every registered
+    fine-tuning method that needs no trained teacher (its own switch), and :data:`VARIANTS`."""
+    from segcl import methods as registry
+
+    arms: dict[str, list[str]] = {"random": []}
+    for name in registry.names("finetune"):
+        method = registry.get(name, "finetune")
+        if not method.teacher:  # (pseudo-labels need a teacher: see PSEUDO_SUFFIX)
+            arms[name] = shlex.split(method.flag)
+    return {**arms, **VARIANTS}
+
+
+def pretrain_arms() -> tuple[str, ...]:
+    """The registered pre-training methods (each arm pre-trains, then fine-tunes)."""
+    from segcl import methods as registry
+
+    return registry.names("pretrain")
 
 
 def run(args: list[str], log: list[str]) -> None:
@@ -103,21 +122,23 @@ def arm_commands(arm: str, frac: float, a: argparse.Namespace, work: Path) -> tu
     ft = ["finetune", a.data, *common, "--lr", str(a.finetune_lr), "--val-every",
           str(a.val_every), *shlex.split(a.finetune_extra)]
     method, _, terms = arm.partition(":")
-    if method in FINETUNE_ARMS:
-        extra = FINETUNE_ARMS[method]
+    finetune_only = finetune_arms()
+    if method in finetune_only:
+        extra = finetune_only[method]
         if "--semi" in extra:
             extra = [*extra, *shlex.split(a.semi_extra)]
         out = work / "finetune"
         return [[*ft, "--steps", str(a.budget), *extra, "--out", str(out)]], out
     pre_steps = int(a.budget * a.pretrain_share)
     pseudo: list[str] = []
-    if method == "supcon-pseudo":
+    if method.endswith(PSEUDO_SUFFIX):
         teacher = a.out / "runs" / f"random@{frac}-{a.budget}steps" / f"seed{a.seed}" / "finetune"
         if not teacher.exists():
-            raise SystemExit(f"supcon-pseudo needs the random arm at fraction {frac} first")
-        pseudo, method = ["--pseudo-labels", str(teacher)], "supcon"
-    if method not in PRETRAIN_ARMS:
-        raise SystemExit(f"unknown arm '{arm}'")
+            raise SystemExit(f"{method} needs the random arm at fraction {frac} first")
+        pseudo, method = ["--pseudo-labels", str(teacher)], method[: -len(PSEUDO_SUFFIX)]
+    if method not in pretrain_arms():
+        known = [*finetune_only, *pretrain_arms(), *(m + PSEUDO_SUFFIX for m in pretrain_arms())]
+        raise SystemExit(f"unknown arm '{arm}'; choose from {', '.join(known)}")
     pre = ["pretrain", a.data, *common, "--method", method, "--steps", str(pre_steps),
            "--lr", str(a.pretrain_lr), *pseudo, *shlex.split(a.pretrain_extra),
            "--out", str(work / "pretrain")]

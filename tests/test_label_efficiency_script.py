@@ -1,0 +1,67 @@
+"""scripts/label_efficiency.py: its arms come from the method registry, and its report pairs
+arms by seed (no training here)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shlex
+from pathlib import Path
+
+import pytest
+
+from segcl import methods as registry
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location(
+        "label_efficiency", REPO / "scripts" / "label_efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(tmp_path: Path) -> argparse.Namespace:
+    return argparse.Namespace(
+        layout="camvid", image_size="96x128", encoder="resnet18", seed=0, batch_size=8,
+        workers=1, data="DATA", finetune_lr=0.03, val_every=100, finetune_extra="",
+        semi_extra="--semi-views 1", budget=100, pretrain_share=0.5, out=tmp_path,
+        pretrain_lr=0.1, pretrain_extra="", grid=None)
+
+
+def test_arms_are_the_registered_methods(script, tmp_path) -> None:
+    arms = script.finetune_arms()
+    for name in registry.names("finetune"):
+        method = registry.get(name)
+        if not method.teacher:
+            assert arms[name] == shlex.split(method.flag)
+            commands, _ = script.arm_commands(name, 0.125, _args(tmp_path), tmp_path / name)
+            assert len(commands) == 1 and commands[0][0] == "finetune"
+    assert script.pretrain_arms() == registry.names("pretrain")
+    for name in registry.names("pretrain"):
+        commands, _ = script.arm_commands(name, 0.125, _args(tmp_path), tmp_path / name)
+        assert [c[0] for c in commands] == ["pretrain", "finetune"]
+        assert commands[0][commands[0].index("--method") + 1] == name
+    with pytest.raises(SystemExit, match="unknown arm 'bogus'; choose from random"):
+        script.arm_commands("bogus", 0.125, _args(tmp_path), tmp_path / "x")
+
+
+def _record(arm: str, seed: int, miou: float) -> dict:
+    return {"arm": arm, "fraction": 0.125, "labeled_images": 46, "miou": miou,
+            "miou_final": miou, "minutes": 10.0, "budget_steps": 100, "seed": seed}
+
+
+def test_report_pairs_by_seed_and_by_recipe(script, tmp_path) -> None:
+    results = [_record("random", 0, 0.50), _record("random", 1, 0.40),
+               _record("random [ce+dice]", 0, 0.55), _record("random [ce+dice]", 1, 0.47),
+               _record("semi [ce+dice]", 0, 0.56)]
+    script.write_reports(results, tmp_path)
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+            for line in (tmp_path / "results.md").read_text().splitlines()
+            if line.startswith("| ") and "0.125 (46 img)" in line}
+    assert rows["random [ce+dice]"][6] == "6.00 ± 1.41 (2 seeds)"  # +5 and +7 over random
+    assert rows["semi [ce+dice]"][6] == "+6.00 (1 seed)"
+    assert rows["semi [ce+dice]"][7] == "+1.00 (1 seed)"  # over random [ce+dice], seed 0
+    assert rows["random [ce+dice]"][7] == "-"
