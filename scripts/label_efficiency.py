@@ -181,24 +181,21 @@ def _equal_compute(arm: str, frac: float, rs: list[dict[str, Any]],
     minutes = _mean(rs, "minutes")
     if arm == "random" or minutes is None or _mean(rs, "miou_final") is None:
         return "-"
-    mine = {r["seed"]: r["miou_final"] for r in rs}
     best: tuple[float, list[float], int] | None = None
     for (a, f, steps), g in groups.items():
         if a != "random" or f != frac or ((_mean(g, "minutes") or math.inf)
                                            > minutes * (1 + WALL_TOLERANCE)):
             continue
-        base = {r["seed"]: r["miou_final"] for r in g if r.get("miou_final") is not None}
-        seeds = sorted(set(base) & set(mine))
-        if not seeds:
+        pairs = _pairs(rs, g)
+        if not pairs:
             continue
-        strength = statistics.fmean(base[s] for s in seeds)
+        strength = statistics.fmean(base for _, base in pairs)
         if best is None or strength > best[0]:
-            best = (strength, [(mine[s] - base[s]) * 100 for s in seeds], steps)
+            best = (strength, [(mine - base) * 100 for mine, base in pairs], steps)
     if best is None:
         return "-"
     _, diffs, steps = best
-    shown = f"{diffs[0]:+.2f}" if len(diffs) == 1 else _stats([d / 100 for d in diffs])
-    return f"{shown} (vs random {steps} steps, {len(diffs)} seed{'s' * (len(diffs) > 1)})"
+    return _gain_text(diffs, f"vs random {steps} steps, ")
 
 
 def _label_gap(groups: dict[tuple[str, float, int], list[dict[str, Any]]]) -> list[str]:
@@ -219,19 +216,25 @@ def _label_gap(groups: dict[tuple[str, float, int], list[dict[str, Any]]]) -> li
     return lines
 
 
-def _paired_gain(rs: list[dict[str, Any]], base_rs: list[dict[str, Any]]) -> str:
-    """Final mIoU of ``rs`` minus ``base_rs``'s, paired by seed (same labelled subset and
-    initialisation); mean ± std over the shared seeds, ``-`` when none is shared or ``rs`` is
-    the base itself."""
-    if rs is base_rs:
-        return "-"
+def _pairs(rs: list[dict[str, Any]], base_rs: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """``(final mIoU of rs, final mIoU of base_rs)`` for every seed both have (same labelled
+    subset and initialisation)."""
     base = {r["seed"]: r["miou_final"] for r in base_rs if r.get("miou_final") is not None}
-    diffs = [(r["miou_final"] - base[r["seed"]]) * 100
-             for r in rs if r["seed"] in base and r.get("miou_final") is not None]
-    if not diffs:
-        return "-"
+    return [(r["miou_final"], base[r["seed"]])
+            for r in rs if r["seed"] in base and r.get("miou_final") is not None]
+
+
+def _gain_text(diffs: list[float], what: str = "") -> str:
+    """Gains in points: one value with its sign, or mean ± std, and how many seeds."""
     shown = _stats([d / 100 for d in diffs]) if len(diffs) > 1 else f"{diffs[0]:+.2f}"
-    return f"{shown} ({len(diffs)} seed{'s' * (len(diffs) > 1)})"
+    return f"{shown} ({what}{len(diffs)} seed{'s' * (len(diffs) > 1)})"
+
+
+def _paired_gain(rs: list[dict[str, Any]], base_rs: list[dict[str, Any]]) -> str:
+    """Final mIoU of ``rs`` minus ``base_rs``'s, paired by seed; ``-`` when no seed is shared
+    or ``rs`` is the base itself."""
+    pairs = [] if rs is base_rs else _pairs(rs, base_rs)
+    return _gain_text([(mine - base) * 100 for mine, base in pairs]) if pairs else "-"
 
 
 def _minutes(rs: list[dict[str, Any]]) -> str:
