@@ -47,7 +47,7 @@ Teacher: by default the pseudo-labels come from the student's own weak-view forw
 mode), as in FixMatch and UniMatch. With ``--ema DECAY --semi-teacher ema`` they come from the
 moving average of the student's weights instead (a mean teacher, Tarvainen & Valpola, NeurIPS
 2017; :mod:`segcl.engine.ema`), run in evaluation mode: ``p = softmax(f_ema(x^w))``; the
-student's weak-view forward then only feeds the feature-perturbation branch.
+student's weak view then only goes through the encoder, for the feature-perturbation branch.
 
 UniMatch's defaults: ``tau`` = 0.95 (``--semi-threshold``), ``K`` = 2 strong views
 (``--semi-views``), CutMix probability 0.5 (``--semi-cutmix``), ``lambda`` = 1
@@ -133,11 +133,13 @@ class Semi(FinetuneMethod):
         if semi.shared_forward:
             rows = step.segments[self.name]
             feats, logits = [f[rows] for f in step.feats], step.logits[rows]
-        elif semi.feature_perturbation or step.teacher is None:
-            # a forward of its own, which leaves the running statistics alone
+        elif step.teacher is None:  # a forward of its own, leaving the running statistics alone
             with running_stats_frozen(step.model, True):
                 feats, dense = step.model.forward_dense(batch["image"])
                 logits = step.model.classify(dense, batch["image"].shape[-2:])
+        elif semi.feature_perturbation:  # the teacher labels; the student's features feed FP
+            with running_stats_frozen(step.model, True):
+                feats = step.model.encoder(batch["image"])
         if step.teacher is not None:  # mean teacher: the average labels the weak views
             import torch
 
