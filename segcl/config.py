@@ -615,6 +615,11 @@ class PretrainConfig:
         check_fields(self)
         parse_every(self.checkpoint_every)
         check_encoder_weights(self.encoder, self.encoder_weights)
+        if self.max_pixels is not None and self.variant != "batch":
+            raise ConfigError("--max-pixels only applies to --variant batch")
+        from segcl.methods import get  # the registry imports no torch
+
+        get(self.method, kind="pretrain").check(self)  # combinations the method refuses
 
 
 EXPORT_FORMATS = ("onnx",)

@@ -69,21 +69,6 @@ def get_method(cfg: PretrainConfig) -> PretrainMethod:
     return methods.get(cfg.method, kind="pretrain")  # type: ignore[return-value]
 
 
-def check_config(cfg: PretrainConfig) -> None:
-    """Reject option combinations the method cannot run with one-line ConfigErrors (the names
-    of the method, its terms and the variant are checked by :class:`PretrainConfig`)."""
-    method = get_method(cfg)
-    if cfg.max_pixels is not None and cfg.variant != "batch":
-        raise ConfigError("--max-pixels only applies to --variant batch")
-    method.check(cfg)
-    if cfg.steps is None and cfg.epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {cfg.epochs}")
-    if cfg.steps is not None and cfg.steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {cfg.steps}")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
-
-
 def requested_terms(cfg: PretrainConfig) -> list[str]:
     """The loss terms a method asks for, in canonical order."""
     return list(get_method(cfg).terms(cfg))
@@ -224,7 +209,6 @@ def pretrain(
     Under torchrun (``WORLD_SIZE > 1``) this joins the process group itself; only rank 0 writes
     files and reports to ``callback``.
     """
-    check_config(cfg)
     return distributed.run(
         cfg.device, lambda ctx: _pretrain(cfg, ctx, callback or Callback(), resume)
     )

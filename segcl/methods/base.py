@@ -72,7 +72,9 @@ class PretrainMethod(Method, ABC):
 
     def check(self, cfg: PretrainConfig) -> None:
         """Reject option combinations that make no sense for this method (one-line
-        :class:`~segcl.errors.ConfigError`); run before any file is written."""
+        :class:`~segcl.errors.ConfigError`). :class:`~segcl.config.PretrainConfig` calls it
+        when it is built, so it must not import torch: a refused flag fails before any import
+        of torch or any file (an ``--overwrite`` run included) is touched."""
         if cfg.pseudo_labels and self.labels == "none":
             from segcl.errors import ConfigError
 

@@ -97,6 +97,13 @@ CHOICES = [
     ("evaluate", "--tta bogus", ["--tta", "bogus"]),
     ("predict", "--tta scales=9", ["--tta", "9"]),
 ]
+#: option combinations a pre-training method refuses (checked when PretrainConfig is built)
+COMBINATIONS = [
+    ("pretrain", "--method simclr --pseudo-labels teacher", ["--pseudo-labels", "simclr"]),
+    ("pretrain", "--method multiscale --losses global --pseudo-labels teacher",
+     ["--pseudo-labels", "pixel"]),
+    ("pretrain", "--max-pixels 100", ["--max-pixels", "--variant batch"]),
+]
 #: options and paths checked by their owners when first used (after torch is imported;
 #: --decoder after the dataset is listed): the run folder created meanwhile is removed again
 LATE = [
@@ -121,7 +128,8 @@ def test_a_bad_option_is_refused(command: str, bad: str, names: list[str], synth
 TORCH_IMPORT = re.compile(r"^import time:.*\|\s+torch$", re.MULTILINE)
 
 
-@pytest.mark.parametrize("command, bad, names", [case(f"{c} {b}", c, b, n) for c, b, n in CHOICES])
+@pytest.mark.parametrize("command, bad, names",
+                         [case(f"{c} {b}", c, b, n) for c, b, n in CHOICES + COMBINATIONS])
 def test_an_unknown_choice_fails_before_torch_is_imported(
         command: str, bad: str, names: list[str], synthetic_data: Path, tiny_run: Path,
         tmp_path: Path) -> None:
@@ -142,4 +150,14 @@ def test_a_refused_option_leaves_the_run_it_would_overwrite(bad: str, synthetic_
     args = [a.format(data=synthetic_data) for a in COMMANDS["finetune"]]
     expect([*args, "--overwrite", *shlex.split(bad)], tmp_path, [synthetic_data],
            bad.split()[:1])
+    assert (run / "config.yaml").is_file() and (run / "best").is_dir()
+
+
+def test_a_refused_method_combination_leaves_the_run_it_would_overwrite(
+        synthetic_data: Path, tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    args = [a.format(data=synthetic_data) for a in COMMANDS["pretrain"]]
+    expect([*args, "--overwrite", "--method", "simclr", "--pseudo-labels", "teacher"], tmp_path,
+           [synthetic_data], ["--pseudo-labels"])
     assert (run / "config.yaml").is_file() and (run / "best").is_dir()
