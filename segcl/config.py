@@ -58,9 +58,10 @@ TUPLE_FIELDS = ("image_size", "scale", "grid", "crop_scale")
 
 #: The value checks of every numeric field, by config class and field: ``positive`` (> 0),
 #: ``nonneg`` (>= 0), ``fraction`` (0 < x <= 1), ``probability`` (0 <= x <= 1), ``below1``
-#: (0 <= x < 1) or ``size`` (two positive integers). ``None`` always passes (= unset). Every
-#: config checks itself on construction (:func:`check_fields`), so flags, config.yaml files and
-#: Python callers all get the same one-line :class:`ConfigError` naming the option.
+#: (0 <= x < 1), ``size`` (two positive integers) or ``device`` (:func:`check_device`).
+#: ``None`` always passes (= unset). Every config checks itself on construction
+#: (:func:`check_fields`), so flags, config.yaml files and Python callers all get the same
+#: one-line :class:`ConfigError` naming the option.
 CHECKS: dict[str, dict[str, str]] = {
     "DataConfig": {"image_size": "size", "labeled_fraction": "fraction",
                    "labeled_count": "positive", "workers": "nonneg"},
@@ -78,7 +79,8 @@ CHECKS: dict[str, dict[str, str]] = {
                        "pseudo_threshold": "probability",
                        "pseudo_background_threshold": "probability",
                        "brightness": "nonneg", "contrast_jitter": "nonneg", "seed": "nonneg",
-                       "patience": "nonneg", "log_images": "nonneg", "ema": "below1"},
+                       "patience": "nonneg", "log_images": "nonneg", "ema": "below1",
+                       "device": "device"},
     "LossConfig": {"focal_gamma": "nonneg", "ohem_threshold": "probability",
                    "ohem_min_kept": "nonneg"},
     "PretrainConfig": {"epochs": "positive", "steps": "positive", "batch_size": "positive",
@@ -86,7 +88,7 @@ CHECKS: dict[str, dict[str, str]] = {
                        "local_grid": "positive", "proj_dim": "positive", "pixel_dim": "positive",
                        "strength": "nonneg", "pseudo_threshold": "probability",
                        "pseudo_background_threshold": "probability", "log_every": "positive",
-                       "save_every_s": "positive", "seed": "nonneg"},
+                       "save_every_s": "positive", "seed": "nonneg", "device": "device"},
     "ExportConfig": {"check_count": "positive", "max_diff": "positive", "batch_size": "positive"},
 }
 
@@ -280,6 +282,9 @@ def check_fields(cfg: Any) -> None:
         if value is None:
             continue
         option = OPTION_NAMES.get(f"{cls}.{name}", "--" + name.replace("_", "-"))
+        if rule == "device":
+            check_device(value)
+            continue
         if rule == "size":
             ok = (isinstance(value, (tuple, list)) and len(value) == 2
                   and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
@@ -291,6 +296,18 @@ def check_fields(cfg: Any) -> None:
         text, test = _RULES[rule]
         if not _number(value) or not test(value):
             raise ConfigError(f"{option} must be a number {text}, got {value!r}")
+
+
+#: ``--device``: ``auto`` or a device spelled the way torch names it; whether it exists here
+#: (CUDA available, index in range) is checked when the run opens it
+DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+
+
+def check_device(value: str) -> None:
+    """``--device`` is ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu[:N]``."""
+    if not DEVICE.fullmatch(value):
+        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N, mps or xpu[:N], "
+                          f"got {value!r}")
 
 
 def check_encoder_weights(encoder: str, weights: str | None) -> None:

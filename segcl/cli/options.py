@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from segcl.config import DataConfig, check_choice
+from segcl.config import DataConfig, check_choice, check_device
 from segcl.errors import ConfigError
 
 T = TypeVar("T")
@@ -75,7 +75,13 @@ Classes = Annotated[str | None, typer.Option(help="Comma-separated class names (
                                                   "without dataset.yaml).")]
 IgnoreIndex = Annotated[int | None, typer.Option(help="Label value to ignore (default: the "
                                                       "dataset's, 255 for folders).")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+def device(value: str) -> str:
+    """The callback of ``--device``: its spelling is checked as soon as it is parsed."""
+    check_device(value)
+    return value
+
+
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=device)]
 Workers = Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per batch.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final result.")]

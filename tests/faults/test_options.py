@@ -97,6 +97,10 @@ CHOICES = [
     ("evaluate", "--tta bogus", ["--tta", "bogus"]),
     ("predict", "--tta scales=9", ["--tta", "9"]),
 ]
+#: a device name torch would not parse (whether it exists is checked when it is opened)
+DEVICES = [(c, f"--device {d}", ["--device", d]) for c, d in
+           [("finetune", "gpu"), ("pretrain", "cuda:x"), ("evaluate", "bogus"),
+            ("predict", "cuda0"), ("demo", "tpu")]]
 #: option combinations a pre-training method refuses (checked when PretrainConfig is built)
 COMBINATIONS = [
     ("pretrain", "--method simclr --pseudo-labels teacher", ["--pseudo-labels", "simclr"]),
@@ -128,8 +132,8 @@ def test_a_bad_option_is_refused(command: str, bad: str, names: list[str], synth
 TORCH_IMPORT = re.compile(r"^import time:.*\|\s+torch$", re.MULTILINE)
 
 
-@pytest.mark.parametrize("command, bad, names",
-                         [case(f"{c} {b}", c, b, n) for c, b, n in CHOICES + COMBINATIONS])
+@pytest.mark.parametrize("command, bad, names", [
+    case(f"{c} {b}", c, b, n) for c, b, n in CHOICES + DEVICES + COMBINATIONS])
 def test_an_unknown_choice_fails_before_torch_is_imported(
         command: str, bad: str, names: list[str], synthetic_data: Path, tiny_run: Path,
         tmp_path: Path) -> None:
