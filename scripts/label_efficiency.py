@@ -11,6 +11,9 @@ For each labelled fraction and each arm, the same total budget of optimiser step
 - ``semi-shared``: the same with UniMatch's shared forward (``--semi-shared-forward``);
 - ``semi+contrast``: the same plus the label-based pixel contrast on real masks and confident
   pseudo-labels (``--contrast cross-image``, warmed up);
+- ``semi-ema``: a mean teacher (``--ema 0.99 --semi-teacher ema``, no feature perturbation);
+  ``semi-adaptive``: the same with class-wise adaptive thresholds
+  (``--semi-threshold-mode adaptive``);
 - ``supcon-pseudo``: the ``random`` arm's model (same fraction) pseudo-labels the unlabelled
   images; supcon pre-training and fine-tuning then use labelled + pseudo-labelled images.
 
@@ -79,6 +82,9 @@ VARIANTS = {
     # a mean teacher: the EMA of the weights (evaluation mode) gives the pseudo-labels and is
     # the model kept; no feature-perturbation branch (1.6x a supervised step instead of 2.2x)
     "semi-ema": ["--semi", "--ema", "0.99", "--semi-teacher", "ema", "--no-semi-fp"],
+    # the same with FreeMatch's self-adaptive class-wise thresholds (capped at 0.95)
+    "semi-adaptive": ["--semi", "--ema", "0.99", "--semi-teacher", "ema", "--no-semi-fp",
+                      "--semi-threshold-mode", "adaptive"],
     "ema": ["--ema", "0.99"],
 }
 #: a pre-training arm ``METHOD-pseudo`` pre-trains METHOD with the random arm's pseudo-labels

@@ -73,7 +73,8 @@ CHECKS: dict[str, dict[str, str]] = {
                        "max_views": "positive", "memory_size": "positive",
                        "warmup_steps": "nonneg", "dim": "positive"},
     "SemiConfig": {"threshold": "below1", "weight": "nonneg", "strong_views": "positive",
-                   "cutmix": "probability", "warmup_steps": "nonneg", "batch_size": "positive"},
+                   "cutmix": "probability", "warmup_steps": "nonneg", "batch_size": "positive",
+                   "threshold_momentum": "below1"},
     "FinetuneConfig": {"epochs": "positive", "steps": "positive", "batch_size": "positive",
                        "val_every": "positive", "log_every": "positive",
                        "pseudo_threshold": "probability",
@@ -95,6 +96,10 @@ CHECKS: dict[str, dict[str, str]] = {
 #: where ``--semi`` takes its pseudo-labels from (SemiConfig.teacher)
 SEMI_TEACHERS = ("student", "ema")
 
+#: how ``--semi`` decides which pseudo-labels count (SemiConfig.threshold_mode): one fixed
+#: confidence threshold, or FreeMatch's self-adaptive class-wise thresholds
+SEMI_THRESHOLD_MODES = ("fixed", "adaptive")
+
 #: Fields whose value is one name from a vocabulary (for a list field: each item); a function
 #: gives a vocabulary that is looked up when checked (a registry). The CLI's choice options are
 #: checked against the same table as they are parsed (:func:`check_choice`, used by
@@ -105,7 +110,7 @@ CHOICES: dict[str, dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]]] =
     "LossConfig": {"name": SUPERVISED_LOSSES},
     "FinetuneConfig": {"loggers": LOGGERS, "decoder": DECODER_NAMES, "init_parts": INIT_PARTS,
                        "eval_mode": EVAL_MODES},
-    "SemiConfig": {"teacher": SEMI_TEACHERS},
+    "SemiConfig": {"teacher": SEMI_TEACHERS, "threshold_mode": SEMI_THRESHOLD_MODES},
     "PretrainConfig": {"loggers": LOGGERS, "method": _pretrain_methods,
                        "decoder": DECODER_NAMES, "losses": PRETRAIN_LOSSES,
                        "variant": PIXEL_VARIANTS, "eval_mode": EVAL_MODES},
@@ -120,6 +125,8 @@ OPTION_NAMES = {"LossConfig.name": "--loss", "FinetuneConfig.loggers": "--logger
                 "SemiConfig.warmup_steps": "--semi-warmup",
                 "SemiConfig.batch_size": "--unlabeled-batch-size",
                 "SemiConfig.teacher": "--semi-teacher",
+                "SemiConfig.threshold_mode": "--semi-threshold-mode",
+                "SemiConfig.threshold_momentum": "--semi-threshold-momentum",
                 "ContrastConfig.weight": "--contrast-weight",
                 "ContrastConfig.warmup_steps": "--contrast-warmup",
                 "ContrastConfig.temperature": "--contrast-temperature"}
@@ -398,7 +405,8 @@ class SemiConfig:
 
     Attributes:
         enabled: train on an unlabelled batch next to every labelled batch.
-        threshold: confidence above which a weak-view prediction becomes a pseudo-label.
+        threshold: confidence above which a weak-view prediction becomes a pseudo-label (with
+            ``threshold_mode`` ``adaptive``: the upper bound of the class thresholds).
         weight: weight of the unlabelled loss next to the supervised cross-entropy.
         strong_views: colour-distorted, CutMixed views per unlabelled image (UniMatch: 2).
         feature_perturbation: UniMatch's extra branch (dropout 0.5 on the encoder features of
@@ -412,6 +420,10 @@ class SemiConfig:
         teacher: where the pseudo-labels come from: ``student`` (the model being trained, in
             training mode: UniMatch, FixMatch) or ``ema`` (the moving average of its weights
             in evaluation mode, a mean teacher; needs ``FinetuneConfig.ema``).
+        threshold_mode: ``fixed`` (``threshold`` for every pixel) or ``adaptive`` (FreeMatch's
+            self-adaptive class-wise thresholds, moving averages of the weak views'
+            confidences, capped at ``threshold``; :class:`segcl.engine.semi.ClassThresholds`).
+        threshold_momentum: momentum of those moving averages (FreeMatch: 0.999).
     """
 
     enabled: bool = False
@@ -424,6 +436,8 @@ class SemiConfig:
     batch_size: int | None = None
     shared_forward: bool = False
     teacher: str = "student"
+    threshold_mode: str = "fixed"
+    threshold_momentum: float = 0.999
 
     def __post_init__(self) -> None:
         check_fields(self)

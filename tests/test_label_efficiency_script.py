@@ -48,6 +48,15 @@ def test_arms_are_the_registered_methods(script, tmp_path) -> None:
         script.arm_commands("bogus", 0.125, _args(tmp_path), tmp_path / "x")
 
 
+def test_semi_adaptive_arm_is_the_mean_teacher_with_adaptive_thresholds(script, tmp_path) -> None:
+    arms = script.finetune_arms()
+    assert arms["semi-adaptive"] == [*arms["semi-ema"], "--semi-threshold-mode", "adaptive"]
+    commands, _ = script.arm_commands("semi-adaptive", 0.125, _args(tmp_path), tmp_path / "x")
+    (command,) = commands
+    assert command[command.index("--semi-threshold-mode") + 1] == "adaptive"
+    assert "--semi-views" in command  # the semi arms' extra flags apply too
+
+
 def _record(arm: str, seed: int, miou: float) -> dict:
     return {"arm": arm, "fraction": 0.125, "labeled_images": 46, "miou": miou,
             "miou_final": miou, "minutes": 10.0, "budget_steps": 100, "seed": seed}

@@ -23,6 +23,10 @@ FINETUNE_EPILOG = """
   segcl finetune data/camvid --layout camvid --labeled-fraction 0.125 --semi --ema 0.99 \\
       --semi-teacher ema --out runs/camvid-semi-ema
 
+  # class-wise thresholds that rise as the model learns, lower for rare classes (FreeMatch)
+  segcl finetune data/camvid --layout camvid --labeled-fraction 0.125 --semi \
+      --semi-threshold-mode adaptive --out runs/camvid-semi-adaptive
+
   segcl finetune data/camvid --init runs/camvid-supcon --lr 0.007 --out runs/camvid-ft
 
   # a plain ViT at any input size, with SegFormer's all-MLP decoder
@@ -102,7 +106,15 @@ def finetune(
         "--semi", help="Online semi-supervised training on the unlabelled images (UniMatch: "
                        "weak-view pseudo-labels train CutMixed strong views).")] = False,
     semi_threshold: Annotated[float, typer.Option(help="Pseudo-label confidence "
-                                                       "threshold.")] = 0.95,
+                                                       "threshold (the cap of the class "
+                                                       "thresholds in adaptive mode).")] = 0.95,
+    semi_threshold_mode: Annotated[str, typer.Option(
+        help="fixed: --semi-threshold for every pixel; adaptive: FreeMatch's class-wise "
+             "thresholds, moving averages of the model's confidence that start at 1/classes, "
+             "rise as it learns and are lower for rarely predicted classes (capped at "
+             "--semi-threshold).", callback=o.choice("SemiConfig.threshold_mode"))] = "fixed",
+    semi_threshold_momentum: Annotated[float, typer.Option(
+        help="Momentum of the adaptive thresholds' moving averages, in [0, 1).")] = 0.999,
     semi_weight: Annotated[float, typer.Option(help="Weight of the unlabelled loss.")] = 1.0,
     semi_views: Annotated[int, typer.Option(help="Strong views per unlabelled image.")] = 2,
     semi_fp: Annotated[bool, typer.Option(help="UniMatch feature-perturbation "
@@ -182,7 +194,9 @@ def finetune(
                             strong_views=semi_views, feature_perturbation=semi_fp,
                             cutmix=semi_cutmix, warmup_steps=semi_warmup,
                             batch_size=unlabeled_batch_size,
-                            shared_forward=semi_shared_forward, teacher=semi_teacher),
+                            shared_forward=semi_shared_forward, teacher=semi_teacher,
+                            threshold_mode=semi_threshold_mode,
+                            threshold_momentum=semi_threshold_momentum),
             loss=LossConfig(name=loss, class_weights=class_weights, ohem=ohem,
                             ohem_threshold=ohem_threshold, ohem_min_kept=ohem_min_kept,
                             focal_gamma=focal_gamma),

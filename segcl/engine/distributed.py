@@ -158,6 +158,15 @@ def mean_over_ranks(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[s
     return dict(zip(keys, stacked.tolist(), strict=True))
 
 
+def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over all processes, in place (one all-reduce), when a process group is
+    initialised; else ``tensor`` unchanged. For statistics that every process must share (each
+    process must call it, in the same order); no :class:`DistContext` needed."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def barrier(ctx: DistContext) -> None:
     """Wait for every process (no-op with one process)."""
     if ctx.enabled:

@@ -10,7 +10,9 @@ the labelled subset, plus ``--unlabeled``; required), drawn as a second stream n
 labelled batches (``semi.batch_size`` per step and process, the labelled batch size by default),
 indexed by step so that a resumed run draws the batches the uninterrupted run would draw. Each
 unlabelled image gives a weak view and ``K`` strong views
-(:class:`~segcl.data.transforms.WeakStrongTransform`). No module is added and nothing is saved.
+(:class:`~segcl.data.transforms.WeakStrongTransform`). With the default fixed threshold no
+module is added and nothing is saved; with adaptive thresholds (below) the method's module is
+the thresholds' statistics (buffers, no parameters), saved in ``last/`` for ``--resume``.
 
 1. The weak view ``x^w`` (scale, crop and flip only) goes through the model together with the
    labelled batch. Its softmax ``p = softmax(f(x^w))`` gives the pseudo-label
@@ -49,6 +51,26 @@ moving average of the student's weights instead (a mean teacher, Tarvainen & Val
 2017; :mod:`segcl.engine.ema`), run in evaluation mode: ``p = softmax(f_ema(x^w))``; the
 student's weak view then only goes through the encoder, for the feature-perturbation branch.
 
+Thresholds (``--semi-threshold-mode``): ``fixed`` (the default) keeps a pixel when
+``q >= tau``. ``adaptive`` gives each class its own threshold ``tau_t(c)``, FreeMatch's
+self-adaptive thresholds (Wang et al., "FreeMatch: Self-adaptive Thresholding for
+Semi-supervised Learning", ICLR 2023, arXiv:2205.07246), and keeps a pixel when
+``q >= tau_t(y^)``. With ``m`` = 0.999 (``--semi-threshold-momentum``), ``C`` classes and the
+valid weak-view pixels ``V_t`` of step ``t``::
+
+    tau_t    = m * tau_{t-1}  + (1 - m) * mean_{i in V_t} max_c p_ic       (tau_0 = 1/C)
+    p~_t(c)  = m * p~_{t-1}(c) + (1 - m) * mean_{i in V_t} p_ic            (p~_0(c) = 1/C)
+    tau_t(c) = min(tau, p~_t(c) / max_c' p~_t(c') * tau_t)
+
+``tau_t`` tracks the model's mean confidence, so the threshold starts low (at ``1/C``: most
+pseudo-labels count while the model is unsure) and rises as it learns (annealed); the classes
+the model predicts less often (thin, rare classes) get lower thresholds (class-balanced). The
+fixed ``--semi-threshold`` is the cap: adaptive mode never keeps fewer pixels than fixed mode
+with the same value. The statistics are those of the pseudo-labels' logits (the teacher's with
+``--semi-teacher ema``), updated before each step's mask, summed over the processes under
+torchrun, and saved in ``last/`` (``heads.semi_thresholds.*``) so that ``--resume`` continues
+them exactly (:class:`segcl.engine.semi.ClassThresholds`).
+
 UniMatch's defaults: ``tau`` = 0.95 (``--semi-threshold``), ``K`` = 2 strong views
 (``--semi-views``), CutMix probability 0.5 (``--semi-cutmix``), ``lambda`` = 1
 (``--semi-weight``; UniMatch's ``(L_x + L_u) / 2`` is the same objective with half the learning
@@ -56,8 +78,10 @@ rate). During ``semi.warmup_steps`` (``--semi-warmup``) only the supervised term
 no unlabelled batch is drawn.
 
 Logged: ``loss_u`` (``L_u``), ``loss_u_strong`` (its strong-view part), ``loss_u_fp`` (its
-feature-perturbation part) and ``confident`` (the share of valid pixels with ``q >= tau``).
-The confident pseudo-labels (``y^`` where ``q >= tau``, ignored elsewhere) become the labels of
+feature-perturbation part) and ``confident`` (the share of valid pixels with ``q >= tau``);
+in adaptive mode also ``threshold_mean`` (the mean of ``tau_t(c)`` over the classes) and
+``threshold_global`` (``tau_t``). The confident pseudo-labels (``y^`` where ``q >= tau``,
+ignored elsewhere) become the labels of
 the unlabelled images for the methods composed after this one (the ``cross-image`` contrast).
 The loss functions are :mod:`segcl.engine.semi`.
 """
@@ -65,6 +89,7 @@ The loss functions are :mod:`segcl.engine.semi`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segcl.methods import register
@@ -74,7 +99,9 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from segcl.config import FinetuneConfig
+    from segcl.data import DatasetInfo
     from segcl.engine.callbacks import Callback
+    from segcl.models import SegmentationModel
 
 
 @register
@@ -85,10 +112,19 @@ class Semi(FinetuneMethod):
     flag = "--semi"
     config_keys = ("semi",)
     unlabelled = "required"
-    metrics = ("loss_u", "loss_u_strong", "confident", "loss_u_fp")
+    metrics = ("loss_u", "loss_u_strong", "confident", "loss_u_fp", "threshold_mean",
+               "threshold_global")
 
     def enabled(self, cfg: FinetuneConfig) -> bool:
         return bool(cfg.semi.enabled)
+
+    def module(self, cfg: FinetuneConfig, model: SegmentationModel, info: DatasetInfo
+               ) -> nn.Module | None:
+        if cfg.semi.threshold_mode != "adaptive":
+            return None
+        from segcl.engine.semi import ClassThresholds
+
+        return ClassThresholds(info.num_classes, cfg.semi.threshold_momentum, cfg.semi.threshold)
 
     def stream(
         self, cfg: FinetuneConfig, data: FinetuneData, batch_size: int, step: int,
@@ -125,7 +161,7 @@ class Semi(FinetuneMethod):
         batch = step.batches.get(self.name)
         if batch is None:  # warm-up: supervised only
             return None
-        from segcl.engine.semi import running_stats_frozen, unlabeled_loss
+        from segcl.engine.semi import ClassThresholds, running_stats_frozen, unlabeled_loss
 
         semi = step.cfg.semi
         feats: list[Tensor] | None = None
@@ -146,7 +182,30 @@ class Semi(FinetuneMethod):
             with torch.no_grad():
                 logits = step.teacher(batch["image"])
         assert logits is not None
-        loss_u, terms, target = unlabeled_loss(step.model, feats, logits, batch, semi)
+        threshold: float | Tensor = semi.threshold
+        logs: dict[str, Tensor] = {}
+        if module is not None:  # adaptive: this step's weak views move the class thresholds
+            assert isinstance(module, ClassThresholds)
+            module.update(logits, batch["valid"])
+            threshold = module.thresholds()
+            logs = module.logs(threshold)
+        loss_u, terms, target = unlabeled_loss(step.model, feats, logits, batch, semi, threshold)
         if semi.shared_forward:  # later methods (the contrast) see these rows' pseudo-labels
-            step.targets[self.name] = target.masked(semi.threshold, step.ignore_index)
-        return semi.weight * loss_u, {"loss_u": loss_u.detach(), **terms}
+            step.targets[self.name] = target.masked(threshold, step.ignore_index)
+        return semi.weight * loss_u, {"loss_u": loss_u.detach(), **terms, **logs}
+
+    def state_for_checkpoint(self, module: nn.Module | None) -> dict[str, Tensor]:
+        if module is None:
+            return {}
+        from segcl.engine.semi import ClassThresholds
+
+        assert isinstance(module, ClassThresholds)
+        return module.state_for_checkpoint()
+
+    def load_state(self, module: nn.Module | None, folder: str | Path) -> None:
+        if module is None:
+            return
+        from segcl.engine.semi import ClassThresholds
+
+        assert isinstance(module, ClassThresholds)
+        module.load_state(folder)

@@ -59,6 +59,7 @@ CASES = [
     ("finetune", "--labeled-fraction 1.5", ["--labeled-fraction", "1.5"]),
     ("finetune", "--labeled-count 0", ["--labeled-count"]),
     ("finetune", "--semi-threshold 1", ["--semi-threshold"]),
+    ("finetune", "--semi-threshold-momentum 1", ["--semi-threshold-momentum"]),
     ("finetune", "--unlabeled-batch-size 0", ["--unlabeled-batch-size"]),
     ("finetune", "--contrast-weight -1", ["--contrast-weight"]),
     ("pretrain", "--temperature 0", ["--temperature"]),
@@ -90,6 +91,7 @@ CHOICES = [
     ("finetune", "--cache bogus", ["--cache", "bogus"]),
     ("finetune", "--contrast bogus", ["--contrast", "bogus"]),
     ("finetune", "--semi --semi-teacher bogus", ["--semi-teacher", "bogus"]),
+    ("finetune", "--semi --semi-threshold-mode bogus", ["--semi-threshold-mode", "bogus"]),
     ("pretrain", "--method bogus", ["--method", "bogus", "supcon"]),
     ("pretrain", "--method semi", ["--method", "semi"]),  # a fine-tuning method
     ("pretrain", "--variant pairs", ["--variant", "pairs"]),
