@@ -22,10 +22,21 @@ Examples (2 CPU cores)::
     python scripts/bench_train.py ../shared/data/camvid --layout camvid --methods finetune \\
         --cache off,on
 
-    # scaling: batch sizes, image size, a GPU
-    python scripts/bench_train.py ../shared/data/camvid --layout camvid --batch-sizes 4,8,16
+    # scaling: batch sizes (one row each), image size, a GPU
+    python scripts/bench_train.py ../shared/data/camvid --layout camvid --methods finetune \\
+        --batch-sizes 4,8,16
+    python scripts/bench_train.py ../shared/data/camvid --layout camvid --methods finetune \\
+        --image-size 192x256
     python scripts/bench_train.py ../shared/data/camvid --layout camvid --device cuda \\
         --image-size 360x480 --batch-sizes 16
+
+    # processes: the real loop in 2 processes under torchrun (gloo on CPU; OMP_NUM_THREADS
+    # defaults to cores / processes); the batch is per process, img/s counts all processes
+    python scripts/bench_train.py ../shared/data/camvid --layout camvid --methods finetune \\
+        --nproc 2
+    # the same by hand
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 scripts/bench_train.py \\
+        ../shared/data/camvid --layout camvid --methods finetune
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import contextlib
 import itertools
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -181,6 +193,25 @@ def measure(method: str, a: argparse.Namespace, batch: int, cache: str) -> dict[
     return row
 
 
+def relaunch_under_torchrun(nproc: int) -> None:
+    """Replace this process by ``torchrun --standalone --nproc_per_node nproc`` running this
+    script with the same arguments (without ``--nproc``); OMP_NUM_THREADS, when unset, becomes
+    the cores divided among the processes."""
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(nproc), str(Path(__file__).resolve()), *argv]
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -199,15 +230,23 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--nproc", type=int, default=1,
+                   help="run the training loops in N processes under torchrun (gloo on CPU, "
+                        "NCCL on CUDA); batch sizes are per process, img/s counts all of them")
     p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     a = p.parse_args()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if a.nproc > 1 and world == 1:
+        relaunch_under_torchrun(a.nproc)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    say = print if main_rank else (lambda *args, **kwargs: None)
     a.size = tuple(int(v) for v in a.image_size.split("x"))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
-          f"device {a.device}, {a.encoder} {a.image_size}, workers {a.workers}, "
-          f"{a.steps} timed steps after {a.warmup}")
-    head = (f"{'method':<12} {'batch':>5} {'cache':>5} | {'limit step/s':>12} {'real step/s':>11} "
-            f"{'data step/s':>11} | {'real img/s':>10} | {'real/limit':>10}")
-    print(head + "\n" + "-" * len(head))
+    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+        f"{world} process(es), device {a.device}, {a.encoder} {a.image_size}, workers "
+        f"{a.workers}, {a.steps} timed steps after {a.warmup}")
+    head = (f"{'method':<12} {'batch':>5} {'cache':>5} {'procs':>5} | {'limit step/s':>12} "
+            f"{'real step/s':>11} {'data step/s':>11} | {'real img/s':>10} | {'real/limit':>10}")
+    say(head + "\n" + "-" * len(head))
     rows = []
     for batch in (int(b) for b in a.batch_sizes.split(",")):
         for method in a.methods.split(","):
@@ -215,11 +254,12 @@ def main() -> None:
                 raise SystemExit(f"--methods: unknown method {method!r} ({', '.join(METHODS)})")
             for cache in a.cache.split(","):
                 r = measure(method, a, batch, cache)
+                r["procs"] = world
                 rows.append(r)
-                print(f"{method:<12} {batch:>5} {cache:>5} | {r['limit']:>12.2f} "
-                      f"{r['real']:>11.2f} {r['data']:>11.2f} | {r['real'] * batch:>10.1f} | "
-                      f"{r['ratio']:>10.2f}", flush=True)
-    if a.json:
+                say(f"{method:<12} {batch:>5} {cache:>5} {world:>5} | {r['limit']:>12.2f} "
+                    f"{r['real']:>11.2f} {r['data']:>11.2f} | {r['real'] * batch * world:>10.1f}"
+                    f" | {r['ratio']:>10.2f}", flush=True)
+    if a.json and main_rank:
         a.json.write_text(json.dumps(rows, indent=2))
 
 

@@ -24,6 +24,7 @@ from segcl.data.transforms import (
     TwoViewTransform,
     WeakStrongTransform,
     to_tensor,
+    to_tensor_batch,
 )
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "to_tensor",
+    "to_tensor_batch",
     "validate_samples",
     "write_mask",
 ]

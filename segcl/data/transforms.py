@@ -80,9 +80,42 @@ def to_tensor(
         raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
     # (converted in NumPy: a fresh writable float32 array, also for read-only cached images)
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
+    m, s = _normalisation(mean, std)
+    return x.sub_(m).div_(s).contiguous()
+
+
+def to_tensor_batch(
+    images: Sequence[np.ndarray],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Same-size ``HxWx3`` uint8 images -> one ``Bx3xHxW`` float32 batch, equal value for value
+    to stacking :func:`to_tensor` of each image.
+
+    One uint8 copy (the stack) and one pass that converts, reorders to channels-first and
+    normalises; no per-image tensors. ``segcl predict`` keeps images uint8 until this call in
+    its main thread, so its reader threads run no torch operations (each thread that does
+    starts an OpenMP team of its own, which competes with the model's threads for the cores).
+    """
+    if not images:
+        raise ValueError("to_tensor_batch needs at least one image")
+    for image in images:
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected HxWx3 images, got shape {image.shape}")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    x = x.to(torch.float32, memory_format=torch.contiguous_format)
+    m, s = _normalisation(mean, std)
+    return x.sub_(m).div_(s)
+
+
+def _normalisation(
+    mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(3, 1, 1)`` float32 mean and std on the 0..255 scale (shared by the tensor converters,
+    so that they compute the same values)."""
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255.0
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255.0
-    return x.sub_(m).div_(s).contiguous()
+    return m, s
 
 
 def _mask_tensor(mask: np.ndarray) -> torch.Tensor:
@@ -319,9 +352,13 @@ class EvalTransform:
         rng: np.random.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         _check_mask(image, mask)
-        if self.size is not None:
-            image = _resize_image(image, *self.size)
+        image = self.resize(image)
         return to_tensor(image, self.mean, self.std), None if mask is None else _mask_tensor(mask)
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """The uint8 image resized to ``size`` (unchanged without one): the network input
+        before :func:`to_tensor` / :func:`to_tensor_batch`."""
+        return image if self.size is None else _resize_image(image, *self.size)
 
 
 class TwoViewTransform:

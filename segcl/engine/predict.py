@@ -1,9 +1,17 @@
 """``segcl predict``: masks for files and folders; decoding and writing overlap with compute.
 
 Pipeline: a thread pool decodes and resizes images a few batches ahead (OpenCV releases the GIL),
-the main thread runs the model (and the upsampling + argmax) batch by batch, and a second thread
-pool writes palette PNGs (and overlays). Files that cannot be read are collected and reported;
-they never stop the run.
+the main thread normalises each batch, runs the model, upsamples the logits once to the images'
+size and takes the class of each pixel (:func:`~segcl.engine.inference.masks_from_logits`, on
+the model's device), and a second thread pool writes palette PNGs (and overlays). Files that
+cannot be read are collected and reported; they never stop the run.
+
+The reader and writer threads run no torch operations: images stay uint8 until the main thread
+batches them (:func:`~segcl.data.to_tensor_batch`), because every thread that calls a parallel
+torch operation starts an OpenMP team of its own, whose threads then compete with the model's
+for the cores. OpenCV runs single-threaded inside each call (``cv2.setNumThreads(0)`` in
+:mod:`segcl.data.io`). Masks are written with a fast PNG setting (see
+:data:`segcl.data.io.MASK_PNG_OPTIONS`).
 
 Outputs per image ``NAME`` (every file written atomically, at the image's original size):
 
@@ -34,9 +42,14 @@ import torch
 
 from segcl.checkpoint import CheckpointConfig
 from segcl.config import TTAConfig
-from segcl.data import EvalTransform, find_images, read_image, write_mask
+from segcl.data import EvalTransform, find_images, read_image, to_tensor_batch, write_mask
 from segcl.engine.callbacks import Callback
-from segcl.engine.inference import infer_logits, input_transform, resize_logits
+from segcl.engine.inference import (
+    infer_logits,
+    input_transform,
+    masks_from_logits,
+    resize_logits,
+)
 from segcl.engine.runtime import autocast
 from segcl.errors import DataError
 from segcl.fileio import atomic_write, check_target
@@ -61,19 +74,21 @@ class _Item:
     rel: Path
     shape: tuple[int, int] = (0, 0)
     image: np.ndarray | None = None
-    tensor: torch.Tensor | None = None
+    #: the network input before normalisation: ``HxWx3`` uint8, resized for ``resize`` mode
+    pixels: np.ndarray | None = None
     error: str | None = None
 
 
 def _load(path: Path, rel: Path, transform: EvalTransform, keep: bool) -> _Item:
-    """Decode, resize and normalise one image (runs in a reader thread); the same
-    :class:`~segcl.data.EvalTransform` as evaluation and pseudo-labelling."""
+    """Decode and resize one image (runs in a reader thread); the same
+    :class:`~segcl.data.EvalTransform` as evaluation and pseudo-labelling, whose normalisation
+    the main thread applies to the whole batch."""
     try:
         image = read_image(path)
     except DataError as err:
         return _Item(path, rel, error=str(err))
     return _Item(path, rel, shape=image.shape[:2], image=image if keep else None,
-                 tensor=transform(image)[0])
+                 pixels=transform.resize(image))
 
 
 def _imwrite_jpg(path: Path, bgr: np.ndarray) -> None:
@@ -174,8 +189,8 @@ def predict_files(
             good = [it for it in items if it.error is None]
             result.failed += [(it.path, it.error or "") for it in items if it.error is not None]
             if good:
-                outs = _forward(model, good, device, mode, window, amp, channels_last, tta,
-                                save_probs)
+                outs = _forward(model, good, transform, device, mode, window, amp,
+                                channels_last, tta, save_probs)
                 writes += [(it, writers.submit(_write, it, m, pr, out_dir, palette, overlay,
                                                alpha, color))
                            for it, (m, pr) in zip(good, outs, strict=True)]
@@ -193,23 +208,29 @@ def predict_files(
     return result
 
 
-def _outputs(logits: torch.Tensor, probs: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Full-size ``(B, C, H, W)`` logits -> ``(mask, probabilities or None)`` per image."""
+def _outputs(
+    logits: torch.Tensor, size: tuple[int, int] | None, probs: bool
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """``(B, C, h, w)`` logits -> ``(mask, probabilities or None)`` per image, at ``size``
+    (``None``: the logits' own)."""
     if not probs:
-        return [(m, None) for m in logits.argmax(1).to(torch.uint8).cpu().numpy()]
+        return [(m, None) for m in masks_from_logits(logits, size).cpu().numpy()]
+    if size is not None:
+        logits = resize_logits(logits, size)
     p = logits.float().softmax(dim=1).to(torch.float16).cpu().numpy()
     return [(pi.argmax(0).astype(np.uint8), pi) for pi in p]
 
 
 @torch.inference_mode()
 def _forward(
-    model, items: list[_Item], device, mode, window, amp, channels_last,
-    tta: TTAConfig | None = None, probs: bool = False,
+    model, items: list[_Item], transform: EvalTransform, device, mode, window, amp,
+    channels_last, tta: TTAConfig | None = None, probs: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Logits -> full-size argmax masks (and probabilities). Same-size inputs share one batched
+    """Logits -> full-size masks (and probabilities). Same-size inputs share one batched
     upsample."""
+    mean, std = transform.mean, transform.std
     if mode == "resize":
-        x = torch.stack([it.tensor for it in items])
+        x = to_tensor_batch([it.pixels for it in items], mean, std)
         if device.type == "cuda":
             x = x.pin_memory()
         x = x.to(device, non_blocking=True)
@@ -219,15 +240,14 @@ def _forward(
             logits = infer_logits(model, x, mode, window, tta)
         sizes = [it.shape for it in items]
         if len(set(sizes)) == 1:
-            return _outputs(resize_logits(logits, sizes[0]), probs)
-        return [_outputs(resize_logits(logits[i : i + 1], s), probs)[0]
-                for i, s in enumerate(sizes)]
+            return _outputs(logits, sizes[0], probs)
+        return [_outputs(logits[i : i + 1], s, probs)[0] for i, s in enumerate(sizes)]
     out = []
     for it in items:
-        x = it.tensor[None].to(device)
+        x = to_tensor_batch([it.pixels], mean, std).to(device)
         with autocast(device, amp):
             logits = infer_logits(model, x, mode, window, tta)
-        out += _outputs(logits, probs)
+        out += _outputs(logits, None, probs)
     return out
 
 
