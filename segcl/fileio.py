@@ -80,14 +80,19 @@ def atomic_write_folder(folder: str | Path, write: Callable[[Path], None]) -> Pa
 
     The old folder is first renamed to ``NAME.old`` and removed once the new one is in place; a
     process killed between the two renames leaves ``NAME.old``, which :func:`recover_folder`
-    puts back. So ``folder`` is always complete: the previous content or the new one.
+    puts back. So ``folder`` is always complete: the previous content or the new one. A
+    ``write`` that raises (or is interrupted with Ctrl-C) has its ``NAME.tmp`` removed.
     """
     final = Path(folder)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException:  # a failed or interrupted write leaves no NAME.tmp behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = final.with_name(final.name + ".old")
     if old.exists():
         shutil.rmtree(old)

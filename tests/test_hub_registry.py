@@ -303,3 +303,11 @@ def test_model_card_minimal_config() -> None:
     assert "model-index" not in meta and "metrics" not in meta
     assert "# resnet18-unet-finetune" in card
     assert "PATH_TO_THIS_CHECKPOINT" in card
+
+
+def test_model_card_of_a_path_that_is_not_utf8() -> None:
+    """A run or dataset folder named with non-UTF-8 bytes (argv keeps them as surrogates):
+    the card still encodes, showing the byte as an escape."""
+    card = render_model_card({"model": {"encoder": "resnet18", "decoder": "unet"},
+                              "command": "segcl finetune data --out run\udcff"})
+    assert "run\\udcff" in card.encode("utf-8").decode("utf-8")

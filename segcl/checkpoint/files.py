@@ -147,7 +147,7 @@ def save_checkpoint(
                   str(tmp / WEIGHTS))
         document = config.with_weights_sha256(file_sha256(tmp / WEIGHTS)).to_dict()
         (tmp / CONFIG).write_text(json.dumps(document, indent=2, default=_json_default) + "\n")
-        (tmp / CARD).write_text(render_model_card(document))
+        (tmp / CARD).write_text(render_model_card(document), encoding="utf-8")
         if training_state is not None:
             tensors, meta = training_state
             save_file(tensors, str(tmp / STATE_TENSORS))
