@@ -753,9 +753,10 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
 
 def load_yaml(cls: type[T], path: str | Path) -> T:
     """Read a config dataclass from YAML (``yaml.safe_load``: no code is executed)."""
-    d = read_yaml(path) or {}
+    d = read_yaml(path)
     if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(d).__name__}")
+        got = "an empty file" if d is None else type(d).__name__
+        raise ConfigError(f"{path}: expected a mapping of settings, got {got}")
     try:
         return from_dict(cls, d)
     except (ConfigError, TypeError) as err:
