@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from segcl.errors import ConfigError
+from segcl.fileio import read_yaml
 
 T = TypeVar("T")
 
@@ -355,6 +356,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.labeled_fraction is not None and self.labeled_count is not None:
+            raise ConfigError("--labeled-fraction and --labeled-count exclude each other "
+                              "(give one)")
 
 
 @dataclass
@@ -733,22 +737,6 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     from segcl.fileio import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def read_yaml(path: str | Path, what: str = "config") -> Any:
-    """Parse a YAML file with ``yaml.safe_load`` (no code is executed).
-
-    Raises:
-        ConfigError: one line naming the file and, for a syntax error, the problem and its
-            line and column (``what`` says what the file is).
-    """
-    try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
-        reason = (f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-                  if problem and mark is not None else " ".join(str(err).split()))
-        raise ConfigError(f"{path}: cannot read {what} ({reason})") from err
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:

@@ -15,6 +15,9 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from segcl.errors import ConfigError
 
@@ -111,3 +114,19 @@ def recover_folder(folder: str | Path) -> Path:
     if not final.exists() and old.exists():
         os.replace(old, final)
     return final
+
+
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """Parse a YAML file with ``yaml.safe_load`` (no code is executed).
+
+    Raises:
+        ConfigError: one line naming the file and, for a syntax error, the problem and its
+            line and column (``what`` says what the file is).
+    """
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+        reason = (f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+                  if problem and mark is not None else " ".join(str(err).split()))
+        raise ConfigError(f"{path}: cannot read {what} ({reason})") from err

@@ -151,7 +151,8 @@ def test_unpublished_entry_needs_no_location(tmp_path: Path) -> None:
     ("text", "problem"),
     [("checkpoints: [1, 2]", "must be a mapping"),
      ("checkpoints: {}\nextra: 1", "unknown top-level key"),
-     ("checkpoints: {a: [unclosed", "cannot read the registry"),
+     ("checkpoints: {a: [unclosed", "cannot read the registry ("),
+     ("checkpoints:\n  a: [unclosed\n", "at line 3, column 1)"),
      ("checkpoints:\n  Bad_Name: {}\n", "name must match")],
 )
 def test_malformed_registry_files(tmp_path: Path, text: str, problem: str) -> None:
