@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from segcl.errors import ConfigError
+from segcl.fileio import read_yaml
 
 T = TypeVar("T")
 
@@ -362,6 +363,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.labeled_fraction is not None and self.labeled_count is not None:
+            raise ConfigError("--labeled-fraction and --labeled-count exclude each other "
+                              "(give one)")
 
 
 @dataclass
@@ -749,27 +753,12 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def read_yaml(path: str | Path, what: str = "config") -> Any:
-    """Parse a YAML file with ``yaml.safe_load`` (no code is executed).
-
-    Raises:
-        ConfigError: one line naming the file and, for a syntax error, the problem and its
-            line and column (``what`` says what the file is).
-    """
-    try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
-        reason = (f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-                  if problem and mark is not None else " ".join(str(err).split()))
-        raise ConfigError(f"{path}: cannot read {what} ({reason})") from err
-
-
 def load_yaml(cls: type[T], path: str | Path) -> T:
     """Read a config dataclass from YAML (``yaml.safe_load``: no code is executed)."""
-    d = read_yaml(path) or {}
+    d = read_yaml(path)
     if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(d).__name__}")
+        got = "an empty file" if d is None else type(d).__name__
+        raise ConfigError(f"{path}: expected a mapping of settings, got {got}")
     try:
         return from_dict(cls, d)
     except (ConfigError, TypeError) as err:

@@ -15,6 +15,9 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from segcl.errors import ConfigError
 
@@ -80,14 +83,19 @@ def atomic_write_folder(folder: str | Path, write: Callable[[Path], None]) -> Pa
 
     The old folder is first renamed to ``NAME.old`` and removed once the new one is in place; a
     process killed between the two renames leaves ``NAME.old``, which :func:`recover_folder`
-    puts back. So ``folder`` is always complete: the previous content or the new one.
+    puts back. So ``folder`` is always complete: the previous content or the new one. A
+    ``write`` that raises (or is interrupted with Ctrl-C) has its ``NAME.tmp`` removed.
     """
     final = Path(folder)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException:  # a failed or interrupted write leaves no NAME.tmp behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = final.with_name(final.name + ".old")
     if old.exists():
         shutil.rmtree(old)
@@ -106,3 +114,19 @@ def recover_folder(folder: str | Path) -> Path:
     if not final.exists() and old.exists():
         os.replace(old, final)
     return final
+
+
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """Parse a YAML file with ``yaml.safe_load`` (no code is executed).
+
+    Raises:
+        ConfigError: one line naming the file and, for a syntax error, the problem and its
+            line and column (``what`` says what the file is).
+    """
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+        reason = (f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+                  if problem and mark is not None else " ".join(str(err).split()))
+        raise ConfigError(f"{path}: cannot read {what} ({reason})") from err

@@ -10,20 +10,24 @@ import pytest
 
 from segcl.data import read_mask, write_mask
 from segcl.errors import ConfigError
-from segcl.fileio import atomic_write, atomic_write_text
+from segcl.fileio import atomic_write, atomic_write_folder, atomic_write_text
 
 
-def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path: Path, kind: str) -> None:
     target = tmp_path / "out.txt"
-    atomic_write_text(target, "complete")
+    if kind == "folder":  # a checkpoint folder: written as out.txt.tmp/, then swapped in
+        atomic_write_folder(target, lambda tmp: (tmp / "a").write_text("complete"))
+    else:
+        atomic_write_text(target, "complete")
 
     def crash(tmp: Path) -> None:
-        tmp.write_text("half")
-        raise RuntimeError("killed mid-write")
+        (tmp / "a" if kind == "folder" else tmp).write_text("half")
+        raise KeyboardInterrupt  # Ctrl-C mid-write
 
-    with pytest.raises(RuntimeError):
-        atomic_write(target, crash)
-    assert target.read_text() == "complete"
+    with pytest.raises(KeyboardInterrupt):
+        (atomic_write_folder if kind == "folder" else atomic_write)(target, crash)
+    assert (target / "a" if kind == "folder" else target).read_text() == "complete"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 

@@ -151,7 +151,8 @@ def test_unpublished_entry_needs_no_location(tmp_path: Path) -> None:
     ("text", "problem"),
     [("checkpoints: [1, 2]", "must be a mapping"),
      ("checkpoints: {}\nextra: 1", "unknown top-level key"),
-     ("checkpoints: {a: [unclosed", "cannot read the registry"),
+     ("checkpoints: {a: [unclosed", "cannot read the registry ("),
+     ("checkpoints:\n  a: [unclosed\n", "at line 3, column 1)"),
      ("checkpoints:\n  Bad_Name: {}\n", "name must match")],
 )
 def test_malformed_registry_files(tmp_path: Path, text: str, problem: str) -> None:
@@ -303,3 +304,11 @@ def test_model_card_minimal_config() -> None:
     assert "model-index" not in meta and "metrics" not in meta
     assert "# resnet18-unet-finetune" in card
     assert "PATH_TO_THIS_CHECKPOINT" in card
+
+
+def test_model_card_of_a_path_that_is_not_utf8() -> None:
+    """A run or dataset folder named with non-UTF-8 bytes (argv keeps them as surrogates):
+    the card still encodes, showing the byte as an escape."""
+    card = render_model_card({"model": {"encoder": "resnet18", "decoder": "unet"},
+                              "command": "segcl finetune data --out run\udcff"})
+    assert "run\\udcff" in card.encode("utf-8").decode("utf-8")

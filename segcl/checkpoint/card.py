@@ -106,6 +106,9 @@ def render_model_card(
         config: the checkpoint's ``config.json`` content.
         repo_id: the Hub repository the card is published in (used in the usage example).
         revision: a commit sha or tag to pin in the usage example.
+
+    The text encodes as UTF-8 (a path that is not valid UTF-8 is shown with ``\\udcXX``
+    escapes).
     """
     model = config.get("model") or {}
     data = config.get("data") or {}
@@ -158,4 +161,5 @@ def render_model_card(
         "- `README.md`: this card, generated from `config.json`",
         "",
     ]
-    return "\n".join(lines)
+    # paths that are not valid UTF-8 (in the command) become \udcXX escapes: the card is UTF-8
+    return "\n".join(lines).encode("utf-8", "backslashreplace").decode("utf-8")

@@ -147,7 +147,7 @@ def save_checkpoint(
                   str(tmp / WEIGHTS))
         document = config.with_weights_sha256(file_sha256(tmp / WEIGHTS)).to_dict()
         (tmp / CONFIG).write_text(json.dumps(document, indent=2, default=_json_default) + "\n")
-        (tmp / CARD).write_text(render_model_card(document))
+        (tmp / CARD).write_text(render_model_card(document), encoding="utf-8")
         if training_state is not None:
             tensors, meta = training_state
             save_file(tensors, str(tmp / STATE_TENSORS))
@@ -189,7 +189,8 @@ def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_training_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read the resume state written next to a checkpoint."""
+    """Read the resume state written next to a checkpoint (CheckpointError naming the file
+    when it is missing, unreadable, or not shaped like a training state)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -200,6 +201,12 @@ def read_training_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], di
         meta = json.loads((folder / STATE_META).read_text())
     except (SafetensorError, OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{folder}: unreadable training state ({err})") from err
+    optim = meta.get("optimizer") if isinstance(meta, dict) else None
+    if not (isinstance(meta.get("state") if isinstance(meta, dict) else None, dict)
+            and isinstance(optim, dict) and isinstance(optim.get("state"), dict)
+            and isinstance(optim.get("param_groups"), list)):
+        raise CheckpointError(f"{folder / STATE_META}: not a training state (expected "
+                              "'state' and 'optimizer' with 'state' and 'param_groups')")
     return tensors, meta
 
 

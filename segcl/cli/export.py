@@ -55,11 +55,14 @@ def export(
     ONNX metadata, so `segcl predict model.onnx` needs nothing else.
     """
     from segcl.config import ExportConfig
-    from segcl.engine.export import export as run_export
+    from segcl.fileio import check_target
 
     cfg = ExportConfig(model=model, out=str(out), format=export_format, opset=opset,
                        check=check, check_images=str(check_images) if check_images else None,
                        check_count=check_count, max_diff=max_diff)
+    check_target(out)  # before the model is loaded and traced, not after
+    from segcl.engine.export import export as run_export  # torch: after the checks
+
     result = run_export(cfg, RichProgress(quiet))
     results.print(f"wrote {result.path} (ONNX opset {result.opset}, dynamic axes: "
                   f"{', '.join(result.dynamic_axes)}; {result.size_bytes / 2**20:.1f} MiB)",

@@ -168,7 +168,11 @@ def saved_config(cls: type[T], out: Path, resume: bool, overwrite: bool = False)
     if resume:
         if not (out / "config.yaml").is_file():
             raise ConfigError(f"{out}: nothing to resume (no config.yaml of a run there)")
-        return dataclasses.replace(load_yaml(cls, out / "config.yaml"), out=str(out))
+        saved = load_yaml(cls, out / "config.yaml")
+        if not saved.data.root:  # type: ignore[attr-defined]
+            raise ConfigError(f"{out / 'config.yaml'}: no 'data.root' (the run's dataset "
+                              "folder)")
+        return dataclasses.replace(saved, out=str(out))
     return None
 
 

@@ -49,6 +49,7 @@ def labeled_subset(
             raise ConfigError(f"labelled fraction must be in (0, 1], got {fraction!r}")
         count = max(1, round(n * float(fraction)))
     if isinstance(count, bool) or not isinstance(count, numbers.Integral) or not 1 <= count <= n:
-        raise ConfigError(f"labelled count must be in [1, {n}], got {count!r}")
+        raise ConfigError(f"--labeled-count must be in [1, {n}] (the training images), got "
+                          f"{count!r}")
     order = np.random.default_rng(int(seed)).permutation(n)
     return sorted(int(i) for i in order[: int(count)])

@@ -10,13 +10,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from segcl.checkpoint import STATE_META, recover
+from segcl.checkpoint import CHECKPOINT_FILES, STATE_META, STATE_TENSORS, recover
 from segcl.errors import ConfigError
 from segcl.fileio import atomic_write_text, check_target
 
 #: what a run writes into its folder (a folder holding any of these holds a run)
 RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "confusion_val.png", "best", "last")
 LOCK = "run.lock"
+#: what a run writes into its checkpoint folders (``best/``, ``last/``)
+CHECKPOINT_ENTRIES = (*CHECKPOINT_FILES, STATE_TENSORS, STATE_META)
 
 
 def _alive(pid: int) -> bool:
@@ -32,12 +34,19 @@ def _alive(pid: int) -> bool:
 def clear_run(path: str | Path) -> None:
     """Remove the files of a run from ``path`` (``--overwrite``); other files are kept.
 
-    Raises ConfigError when another live process holds the folder.
+    Raises ConfigError, before anything is removed, when another live process holds the
+    folder, or when a checkpoint folder (``best/``, ``last/``) holds an entry a run does not
+    write (someone else's file: never deleted).
     """
     path = Path(path)
     owner = _lock_owner(path)
     if owner is not None and owner != os.getpid():
         raise ConfigError(f"{path}: run directory is in use by process {owner} ({path / LOCK})")
+    foreign = sorted(entry for name in RUN_FILES if (path / name).is_dir()
+                     for entry in (path / name).iterdir() if entry.name not in CHECKPOINT_ENTRIES)
+    if foreign:
+        raise ConfigError(f"{foreign[0]}: not written by a segcl run; --overwrite would delete "
+                          "it (move it, or choose another --out)")
     for name in RUN_FILES:
         target = path / name
         if target.is_dir():

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from segcl.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
+from segcl.checkpoint import STATE_META, flatten_optimizer_state, unflatten_optimizer_state
 from segcl.config import parse_every
+from segcl.errors import CheckpointError
 
 
 @dataclass
@@ -61,13 +62,21 @@ def unpack(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
 ) -> TrainState:
-    """Restore the optimiser, grad scaler and torch RNG; return the counters."""
-    optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta["optimizer"]))
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
-    if scaler is not None and "scaler" in meta:
-        scaler.load_state_dict(meta["scaler"])
-    return TrainState(**meta["state"])
+    """Restore the optimiser, grad scaler and torch RNG; return the counters.
+
+    Raises:
+        CheckpointError: the saved state does not fit this run's optimiser or counters.
+    """
+    try:
+        optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta["optimizer"]))
+        if "rng.torch" in tensors:
+            torch.set_rng_state(tensors["rng.torch"])
+        if scaler is not None and "scaler" in meta:
+            scaler.load_state_dict(meta["scaler"])
+        return TrainState(**meta["state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{STATE_META} does not fit this run "
+                              f"({type(err).__name__}: {err})") from err
 
 
 class CheckpointEvery:

@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from segcl.checkpoint.refs import REPO_ID
 from segcl.errors import ConfigError, HubError
+from segcl.fileio import read_yaml
 
 REGISTRY_FILENAME = "checkpoints.yaml"
 REGISTRY_ENV = "SEGCL_REGISTRY"
@@ -132,13 +131,9 @@ def load_registry(path: Path | None = None) -> dict[str, RegistryEntry]:
             f"no {REGISTRY_FILENAME} found: pass a path or set "
             f"{REGISTRY_ENV}=/path/to/{REGISTRY_FILENAME}"
         )
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: registry file not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{path}: cannot read the registry: {first}") from None
+    if not path.exists():
+        raise ConfigError(f"{path}: registry file not found")
+    document = read_yaml(path, "the registry")  # names the file, the line and the column
     if document is None:
         document = {}
     if not isinstance(document, dict):

@@ -44,6 +44,12 @@ def locked(owner: Callable[[], object], crashed: bool = False, copy: bool = Fals
     return setup
 
 
+def with_foreign_file(folder: Path, run: Path) -> None:
+    """A copy of the tiny run as ``run/`` whose best/ also holds a file no run writes."""
+    shutil.copytree(run, folder / "run", ignore=shutil.ignore_patterns(LOCK))
+    (folder / "run" / "best" / "notes.txt").write_text("someone else's file")
+
+
 FINETUNE = ["finetune", "{data}", *TRAIN, "--out", "run"]
 PRETRAIN = ["pretrain", "{data}", *TRAIN, "--method", "simclr", "--out", "run"]
 
@@ -62,6 +68,8 @@ CASES = [
     case("fresh run on a crashed run's files", locked(dead_pid, crashed=True), FINETUNE, 2,
          ["run", "already holds a run", "--overwrite"], [f"run/{LOCK}"], slow=True),
     case("a dead owner's lock is taken over", locked(dead_pid), FINETUNE, 0, [], ["run"]),
+    case("--overwrite never deletes a file a run did not write", with_foreign_file,
+         [*FINETUNE, "--overwrite"], 2, ["run/best/notes.txt", "--overwrite"], [], slow=True),
     case("a lock without a process id is taken over", locked(lambda: "garbage"), FINETUNE, 0,
          [], ["run"], slow=True),
 ]

@@ -22,6 +22,7 @@ COMMANDS = {
     "pretrain": ["pretrain", "{data}", *TRAIN, "--out", "run"],
     "evaluate": ["evaluate", "{run}", "{data}", "--workers", "0", "--quiet"],
     "predict": ["predict", "{run}", "{data}/val/images", "--out", "pred", "--quiet"],
+    "export": ["export", "{run}", "--out", "model.onnx", "--quiet"],
     "demo": ["demo", "--encoder", "test_resnet", "--steps", "1", "--out", "demo", "--quiet"],
     "hub-build": ["hub", "build", "camvid-resnet18-unet-1of8-quick", "--data", "{data}"],
     "evaluate-on": ["evaluate", "{run}", "--workers", "0", "--quiet"],  # + the dataset folder
@@ -58,6 +59,10 @@ CASES = [
     ("finetune", "--labeled-fraction 0", ["--labeled-fraction"]),
     ("finetune", "--labeled-fraction 1.5", ["--labeled-fraction", "1.5"]),
     ("finetune", "--labeled-count 0", ["--labeled-count"]),
+    ("finetune", "--labeled-fraction 0.5 --labeled-count 3",
+     ["--labeled-fraction", "--labeled-count"]),
+    ("export", "--check-count 0", ["--check-count"]),
+    ("export", "--max-diff nan", ["--max-diff", "nan"]),
     ("finetune", "--semi-threshold 1", ["--semi-threshold"]),
     ("finetune", "--semi-threshold-momentum 1", ["--semi-threshold-momentum"]),
     ("finetune", "--unlabeled-batch-size 0", ["--unlabeled-batch-size"]),
@@ -118,6 +123,7 @@ LATE = [
     ("evaluate-on", "no-such-data", ["no-such-data"]),
     ("evaluate-on", LONG, [LONG, "File name too long"]),
     ("predict-on", "no-such-image.png", ["no-such-image.png"]),
+    ("finetune", "--labeled-count 1000", ["--labeled-count", "1000"]),
 ]
 
 

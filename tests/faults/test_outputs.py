@@ -46,6 +46,8 @@ CASES = [
     command_case("hub pull {run} --out taken", ["taken", "is a file"]),
     command_case("hub pull {run} --out taken/checkpoint", ["taken", "is a file"]),
     command_case("demo --encoder test_resnet --steps 1 --out taken", ["taken", "is a file"]),
+    command_case("export {run} --out taken/model.onnx", ["taken", "is a file"]),
+    command_case("export {run} --out folder.onnx", ["folder.onnx", "is a directory"]),
     command_case(f"evaluate {{run}} {{data}} --json {LONG}/metrics.json", [TOO_LONG]),
     command_case(f"finetune {{data}} --out {LONG}", [TOO_LONG]),
     command_case(f"hub pull {{run}} --out {LONG}", [TOO_LONG]),
@@ -66,6 +68,7 @@ def test_an_output_that_cannot_be_written_is_refused(command: str, names: list[s
     (tmp_path / "taken").write_text("someone else's file")
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "keep.txt").write_text("kept")
+    (tmp_path / "folder.onnx").mkdir()
     read_only = tmp_path / "read-only"
     read_only.mkdir(mode=0o500)
     args = shlex.split(command.format(data=synthetic_data, run=tiny_run))

@@ -77,6 +77,9 @@ CASES = [
          ["run", "nothing to resume", "last/"], [], None, slow=True),
     case("bit-rotted last/ weights", copied(bit_rot), 2,
          ["run/last/model.safetensors", "SHA-256"], [], None, slow=True),
+    case("training_state.json of the wrong shape",
+         copied(lambda r: (r / "last" / "training_state.json").write_text("{}")), 2,
+         ["run/last/training_state.json", "not a training state"], [], None, slow=True),
 ]
 
 
