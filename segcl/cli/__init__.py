@@ -89,7 +89,6 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
-        typer.secho("Interrupted.", err=True)
         code = 130
     except SegclError as err:
         if os.environ.get("SEGCL_DEBUG"):
@@ -112,6 +111,8 @@ def main() -> None:
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             typer.secho(f"Error: {err.format_message()}{hint}", err=True, fg=typer.colors.RED)
         code = 2
+    if code == 130:  # Ctrl-C: raised here, or turned into Exit(130) by typer
+        typer.secho("Interrupted.", err=True)
     if isinstance(code, int) and code:  # also typer.Exit(code) from a command
         gc.collect()  # free a failed command's loaders (and their workers) before exiting
         sys.exit(code)

@@ -65,7 +65,8 @@ def evaluate_loader(
                 logits = infer_logits(model, image, mode, image_size, tta)
             for i, mask in enumerate(batch["mask"]):
                 mask = mask.to(device, non_blocking=True)
-                pred = resize_logits(logits[i : i + 1], tuple(mask.shape[-2:])).argmax(1)[0]
+                # max(1).indices == argmax(1) (the first maximum), several times faster on CPU
+                pred = resize_logits(logits[i : i + 1], tuple(mask.shape[-2:])).max(1).indices[0]
                 cm.update(pred, mask)
             if callback is not None:
                 callback.on_step(-1, {"evaluated": len(batch["mask"])})

@@ -82,7 +82,7 @@ class ValPreviews:
         if self._loaded:
             batch = torch.stack([to_tensor(img, self.mean, self.std) for _, img, _ in self._loaded])
             with eval_mode(self.model), torch.inference_mode(), autocast(self.device, self.amp):
-                pred = self.model(batch.to(self.device)).argmax(1).cpu().numpy()
+                pred = self.model(batch.to(self.device)).max(1).indices.cpu().numpy()
             previews = [Preview(name, image, mask, p.astype(np.int64))
                         for (name, image, mask), p in zip(self._loaded, pred, strict=True)]
         self._cached = (step, previews)

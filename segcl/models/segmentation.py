@@ -109,7 +109,7 @@ class SegmentationModel(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class index map ``(B, H, W)`` in eval mode."""
         self.eval()
-        return self.forward(x).argmax(1)
+        return self.forward(x).max(1).indices  # == argmax(1), several times faster on CPU
 
 
 def create_model(

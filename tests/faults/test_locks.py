@@ -111,3 +111,30 @@ def test_a_second_run_is_refused_while_the_first_trains(synthetic_data: Path,
     assert second.stderr.startswith("Error: run: run directory is in use by process "
                                     f"{first.pid}"), second.stderr
     assert (tmp_path / "run" / LOCK).read_text() == str(first.pid)
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_interrupted_and_lets_the_folder_go(synthetic_data: Path,
+                                                        tmp_path: Path) -> None:
+    """SIGINT during training: exit 130, one "Interrupted." line, no traceback, no lock and no
+    ``.tmp`` left (typer turns the KeyboardInterrupt into Exit(130): the message must show)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = [a.format(data=synthetic_data) for a in FINETUNE]
+    proc = subprocess.Popen([sys.executable, "-m", "segcl", *args, "--steps", "100000"],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "run" / "metrics.jsonl").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Interrupted." in err and "Traceback" not in err, err
+    assert not (tmp_path / "run" / LOCK).exists()
+    assert not list((tmp_path / "run").rglob("*.tmp"))
