@@ -235,3 +235,16 @@ def load_state_into(
         )
     module.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
     return missing
+
+
+def load_prefixed_state(module: torch.nn.Module, folder: str | Path, prefix: str,
+                        missing_hint: str, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Load the tensors saved under ``prefix`` in ``folder``'s weights into ``module`` (a
+    method's training-only state in ``last/``); a CheckpointError naming the file and
+    ``missing_hint`` when there are none. ``weights``: the folder's weights, if already read."""
+    source = str(Path(folder) / WEIGHTS)
+    weights = read_weights(folder) if weights is None else weights
+    sub = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    if not sub:
+        raise CheckpointError(f"{source}: no '{prefix}*' tensors; {missing_hint}")
+    load_state_into(module, sub, source)

@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segcl.checkpoint import WEIGHTS, load_state_into, read_weights
+from segcl.checkpoint import load_prefixed_state, read_weights
 from segcl.config import ContrastConfig
 from segcl.data import DatasetInfo
-from segcl.errors import CheckpointError
 from segcl.losses import CrossImagePixelContrast, MemoryBank
 from segcl.losses.pixel import resize_labels
 from segcl.models.heads import ContrastHead
@@ -107,15 +106,9 @@ class CrossImageAux(nn.Module):
     def load_state(self, folder: str | Path) -> None:
         """Restore the head and memory bank saved by :meth:`state_for_checkpoint` in ``folder``."""
         weights = read_weights(folder)
-        source = str(Path(folder) / WEIGHTS)
         parts: list[tuple[str, nn.Module]] = [(HEAD_PREFIX, self.head)]
         if self.memory is not None:
             parts.append((MEMORY_PREFIX, self.memory))
         for prefix, module in parts:
-            sub = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-            if not sub:
-                raise CheckpointError(
-                    f"{source}: no '{prefix}*' tensors; this checkpoint was not saved with the "
-                    "same auxiliary contrast settings"
-                )
-            load_state_into(module, sub, source)
+            load_prefixed_state(module, folder, prefix, "this checkpoint was not saved with the "
+                                "same auxiliary contrast settings", weights)

@@ -46,10 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segcl.checkpoint import WEIGHTS, load_state_into, read_weights
+from segcl.checkpoint import load_prefixed_state
 from segcl.config import SemiConfig
 from segcl.engine.distributed import sum_over_processes
-from segcl.errors import CheckpointError
 from segcl.models import SegmentationModel
 
 #: a confidence threshold: one for every pixel, or one per class ``(C,)`` (the pixel's
@@ -154,13 +153,8 @@ class ClassThresholds(nn.Module):
 
     def load_state(self, folder: str | Path) -> None:
         """Restore :meth:`state_for_checkpoint` from the checkpoint ``folder``."""
-        source = str(Path(folder) / WEIGHTS)
-        sub = {k[len(THRESHOLDS_PREFIX):]: v for k, v in read_weights(folder).items()
-               if k.startswith(THRESHOLDS_PREFIX)}
-        if not sub:
-            raise CheckpointError(f"{source}: no '{THRESHOLDS_PREFIX}*' tensors; this run was "
-                                  "not saved with --semi-threshold-mode adaptive")
-        load_state_into(self, sub, source)
+        load_prefixed_state(self, folder, THRESHOLDS_PREFIX,
+                            "this run was not saved with --semi-threshold-mode adaptive")
 
 
 def mix_views(strong: Tensor, box: Tensor) -> Tensor:
