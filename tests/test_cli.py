@@ -61,7 +61,16 @@ def test_resume_continues_a_finished_run(tiny_run, tmp_path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     proc = run_cli("finetune", "--resume", "--out", str(run), check=True)
-    assert "resumed" in proc.stdout + proc.stderr
+    assert "resumed" in proc.stdout + proc.stderr and "Warning" not in proc.stderr
+    # --steps sets the new total; any other option given is named in one warning, not applied
+    proc = run_cli("finetune", "x", "--resume", "--out", str(run), "--steps", "8", "--lr", "0.5",
+                   "--quiet", check=True)
+    warning = [line for line in proc.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warning) == 1 and "ignored: DATA, --lr" in warning[0], proc.stderr
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in x]
+    assert steps[-1] == 8
+    assert "lr: 0.5" not in (run / "config.yaml").read_text()
 
 
 def test_bad_inputs_give_one_line_errors(synthetic_data, tmp_path) -> None:

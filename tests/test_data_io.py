@@ -101,3 +101,19 @@ def test_reader_pool_lives_with_its_process_and_is_fresh_after_fork():
         os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1"
+
+
+@pytest.mark.parametrize("name, shape, dtype", [
+    ("rgb.jpg", (30, 40, 3), np.uint8), ("grey.jpg", (30, 40), np.uint8),
+    ("rgb.png", (30, 40, 3), np.uint8), ("grey16.png", (30, 40), np.uint16),
+    ("rgb16.png", (30, 40, 3), np.uint16), ("rgba.png", (30, 40, 4), np.uint8),
+    ("rgb.bmp", (30, 40, 3), np.uint8), ("rgb.tif", (30, 40, 3), np.uint8)])
+def test_images_decode_to_the_same_rgb_pixels_as_bgr_then_swapped(tmp_path, name, shape,
+                                                                   dtype) -> None:
+    pixels = np.random.default_rng(0).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
+    path = tmp_path / name
+    assert cv2.imwrite(str(path), pixels)
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    rgb = read_image(path)
+    assert rgb.dtype == np.uint8 and rgb.shape == (30, 40, 3)
+    np.testing.assert_array_equal(rgb, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))

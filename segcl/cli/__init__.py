@@ -18,7 +18,7 @@ from typing import Any
 import typer
 
 from segcl import __version__
-from segcl.errors import SegclError
+from segcl.errors import ConfigError, SegclError
 
 app = typer.Typer(
     name="segcl",
@@ -71,6 +71,19 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     return f"Warning: {message}\n"
 
 
+def refuse_empty_arguments(argv: list[str]) -> None:
+    """Refuse an empty argument (``--out ""``, ``--out=``, an unset shell variable): click would
+    take it as a path to the working directory, where a run or masks would then be written."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and arg.endswith("=") and "=" not in arg[:-1]:
+            raise ConfigError(f"{arg[:-1]}: empty value")
+        if arg == "":
+            before = argv[i - 1] if i else ""
+            if before.startswith("-") and "=" not in before:
+                raise ConfigError(f"empty argument after {before}")
+            raise ConfigError(f"argument {i + 1} is empty")
+
+
 def _is_usage_error(err: BaseException) -> bool:
     """click's UsageError (typer vendors its own click, so match the class by name)."""
     return any(c.__name__ == "UsageError" for c in type(err).__mro__)
@@ -87,6 +100,7 @@ def main() -> None:
     if not os.environ.get("SEGCL_DEBUG"):
         warnings.formatwarning = _one_line_warning
     try:
+        refuse_empty_arguments(sys.argv[1:])
         code = app(standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
         code = 130

@@ -61,6 +61,7 @@ app = typer.Typer()  # its commands join the root app (segcl.cli)
 
 @app.command(epilog=FINETUNE_EPILOG)
 def finetune(
+    ctx: typer.Context,
     data: Annotated[Path | None, typer.Argument(help="Dataset folder (not needed with "
                                                       "--resume).")] = None,
     out: o.Out = Path("runs/finetune"),
@@ -74,7 +75,8 @@ def finetune(
     ignore_index: o.IgnoreIndex = None,
     epochs: Annotated[int, typer.Option(help="Training epochs over the labelled set.")] = 30,
     steps: Annotated[int | None, typer.Option(help="Total optimiser steps (overrides "
-                                                   "--epochs).")] = None,
+                                                   "--epochs; with --resume, sets the "
+                                                   "run's new total).")] = None,
     batch_size: o.BatchSize = 8,
     optimizer: o.Optimizer = "sgd",
     lr: o.LearningRate = 0.01,
@@ -180,7 +182,7 @@ def finetune(
     )
     from segcl.errors import ConfigError
 
-    cfg = o.saved_config(FinetuneConfig, out, resume, overwrite)
+    cfg = o.saved_config(FinetuneConfig, out, resume, overwrite, steps, ctx)
     if cfg is None:
         cfg = FinetuneConfig(
             checkpoint_every=checkpoint_every,

@@ -148,8 +148,11 @@ def data_config(
                       unlabeled=str(unlabeled.resolve()) if unlabeled else None)
 
 
-def saved_config(cls: type[T], out: Path, resume: bool, overwrite: bool = False) -> T | None:
-    """With ``--resume``, the run's saved ``config.yaml`` (flags other than --out are ignored).
+def saved_config(cls: type[T], out: Path, resume: bool, overwrite: bool = False,
+                 steps: int | None = None, ctx: typer.Context | None = None) -> T | None:
+    """With ``--resume``, the run's saved ``config.yaml``; ``steps`` (``--steps``), when given,
+    sets the run's new total (the learning-rate schedule follows it). Any other option given
+    to the command (``ctx``, its ``typer.Context``) is ignored, with one warning naming them.
 
     ``--out`` is the run: the saved config's own ``out`` never redirects it (a copied run
     continues in the copy); it is checked first (a file, or a path below one, is refused).
@@ -172,8 +175,29 @@ def saved_config(cls: type[T], out: Path, resume: bool, overwrite: bool = False)
         if not saved.data.root:  # type: ignore[attr-defined]
             raise ConfigError(f"{out / 'config.yaml'}: no 'data.root' (the run's dataset "
                               "folder)")
-        return dataclasses.replace(saved, out=str(out))
+        ignored = given_options(ctx, keep={"out", "resume", "steps", "quiet"})
+        if ignored:
+            import warnings
+
+            warnings.warn(f"--resume continues with {out / 'config.yaml'}; ignored: "
+                          + ", ".join(ignored), stacklevel=2)
+        changes: dict[str, object] = {"out": str(out)}
+        if steps is not None:
+            changes["steps"] = steps
+        return dataclasses.replace(saved, **changes)
     return None
+
+
+def given_options(ctx: typer.Context | None, keep: set[str]) -> list[str]:
+    """The options and arguments of the command in ``ctx`` (a ``typer.Context``, or None) that
+    the user gave, on the command line or through the environment, by their command-line
+    spelling, except the parameters named in ``keep``."""
+    if ctx is None:
+        return []
+    return [p.opts[0] if p.param_type_name == "option" else (p.name or "").upper()
+            for p in ctx.command.params
+            if p.name not in keep and getattr(ctx.get_parameter_source(p.name or ""), "name",
+                                              None) in ("COMMANDLINE", "ENVIRONMENT")]
 
 
 def overwrite_run(out: Path, overwrite: bool) -> None:

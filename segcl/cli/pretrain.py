@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -58,6 +57,7 @@ app = typer.Typer()  # its commands join the root app (segcl.cli)
 
 @app.command(epilog=PRETRAIN_EPILOG)
 def pretrain(
+    ctx: typer.Context,
     data: Annotated[Path | None, typer.Argument(help="Dataset folder (not needed with "
                                                       "--resume).")] = None,
     method: Annotated[str, typer.Option(
@@ -78,8 +78,8 @@ def pretrain(
     ignore_index: o.IgnoreIndex = None,
     epochs: Annotated[int, typer.Option(help="Training epochs over the images.")] = 100,
     steps: Annotated[int | None, typer.Option(help="Total optimiser steps (overrides "
-                                                   "--epochs; with --resume, extends the "
-                                                   "run).")] = None,
+                                                   "--epochs; with --resume, sets the "
+                                                   "run's new total).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch and process.")] = 8,
     optimizer: o.Optimizer = "sgd",
     lr: o.LearningRate = 0.1,
@@ -113,9 +113,7 @@ def pretrain(
     """Contrastive pre-training of an encoder (and decoder) for later fine-tuning."""
     from segcl.config import OptimConfig, PretrainConfig
 
-    cfg = o.saved_config(PretrainConfig, out, resume, overwrite)
-    if cfg is not None and steps is not None:
-        cfg = replace(cfg, steps=steps)
+    cfg = o.saved_config(PretrainConfig, out, resume, overwrite, steps, ctx)
     if cfg is None:
         cfg = PretrainConfig(
             checkpoint_every=checkpoint_every,

@@ -54,6 +54,12 @@ MASK_PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 _INDEX_MODES = ("P", "L", "1", "I", "I;16", "I;16L", "I;16B", "I;16N")
 
 
+#: OpenCV 4.11+ decodes straight to RGB: the same pixels as BGR + ``cvtColor`` (checked on
+#: JPEG, PNG (8/16-bit, grey, RGBA), WebP, BMP and TIFF files), without the extra pass over the
+#: image (about a tenth of a JPEG's decoding time)
+_DECODE_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as an ``HxWx3`` uint8 RGB array.
 
@@ -76,7 +82,7 @@ def read_image(path: str | Path) -> np.ndarray:
     _check_pixels(path, data)
     # EXIF orientation is ignored: the pixels are used as stored, like the mask's (which PIL
     # never rotates), so an image and its mask always line up
-    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    flags = (_DECODE_RGB or cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
     try:
         image = cv2.imdecode(data, flags) if data.size else None
     except cv2.error as err:  # OpenCV's own checks (its size limit, ...) raise assertions
@@ -84,7 +90,7 @@ def read_image(path: str | Path) -> np.ndarray:
             from None
     if image is None:
         raise DataError(f"{path}: unreadable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image if _DECODE_RGB else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def max_image_pixels() -> int:

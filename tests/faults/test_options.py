@@ -33,6 +33,9 @@ LONG = "n" * 300  # a file name longer than the file system takes
 #: command, the bad options (the last value of a flag wins), what the message must name
 CASES = [
     ("finetune", "--batch-size 0", ["--batch-size"]),
+    ("finetune", "--out ''", ["after --out"]),  # an unset shell variable: not the working dir
+    ("predict", "--out=", ["--out", "empty"]),
+    ("predict-on", "''", ["argument", "empty"]),
     ("finetune", "--batch-size -3", ["--batch-size"]),
     ("finetune", "--batch-size abc", ["--batch-size"]),
     ("pretrain", "--batch-size 0", ["--batch-size"]),
