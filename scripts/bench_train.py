@@ -31,7 +31,8 @@ Examples (2 CPU cores)::
         --image-size 360x480 --batch-sizes 16
 
     # processes: the real loop in 2 processes under torchrun (gloo on CPU; OMP_NUM_THREADS
-    # defaults to cores / processes); the batch is per process, img/s counts all processes
+    # defaults to cores / processes); the batch is per process, img/s counts all processes;
+    # every measurement of a process shares one process group (segcl.engine.distributed)
     python scripts/bench_train.py ../shared/data/camvid --layout camvid --methods finetune \\
         --nproc 2
     # the same by hand
@@ -60,6 +61,7 @@ import segcl.engine.data_setup as data_setup
 import segcl.engine.finetune as finetune_engine
 import segcl.engine.pretrain as pretrain_engine
 from segcl.config import ContrastConfig, DataConfig, FinetuneConfig, PretrainConfig, SemiConfig
+from segcl.engine import distributed
 from segcl.engine.callbacks import Callback
 
 #: method name -> how to build its config from the common settings
@@ -196,7 +198,8 @@ def measure(method: str, a: argparse.Namespace, batch: int, cache: str) -> dict[
 def relaunch_under_torchrun(nproc: int) -> None:
     """Replace this process by ``torchrun --standalone --nproc_per_node nproc`` running this
     script with the same arguments (without ``--nproc``); OMP_NUM_THREADS, when unset, becomes
-    the cores divided among the processes."""
+    the cores divided among the processes, and SEGCL_DIST_TIMEOUT, when unset, 600 s (a process
+    stuck in a collective fails the benchmark instead of hanging it for the default 30 min)."""
     argv, skip = [], False
     for arg in sys.argv[1:]:
         if skip:
@@ -206,6 +209,7 @@ def relaunch_under_torchrun(nproc: int) -> None:
         elif not arg.startswith("--nproc="):
             argv.append(arg)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ.setdefault(distributed.TIMEOUT_ENV, "600")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(nproc), str(Path(__file__).resolve()), *argv]
     sys.stdout.flush()

@@ -5,10 +5,23 @@
 initialised process group -- NCCL on CUDA, Gloo on CPU -- and one device per process. Without
 those variables (or with ``WORLD_SIZE=1``) everything here is a no-op, so a training loop is
 written once for one or many processes.
+
+The process group lives as long as the process: the first job creates it, later jobs in the same
+process (a benchmark, a sweep, pretraining then fine-tuning) reuse it, and it is destroyed at
+exit. It is never destroyed and created again: under torchrun every group is rendezvoused through
+the launcher's key-value store, and a default group created after ``destroy_process_group`` gets
+the same store keys as the one before, so a process that reads them before its peer rewrites
+them connects to the dead group's address (gloo: "Connection reset by peer" or a hang until the
+timeout, depending on timing -- seen on CamVid, where the processes reach the new group seconds
+apart).
+
+A collective that waits longer than ``SEGCL_DIST_TIMEOUT`` seconds (default 1800) fails instead
+of hanging: one process stuck or gone ends the run with an error in the others.
 """
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 from collections.abc import Callable
@@ -25,13 +38,17 @@ from segcl.errors import ConfigError
 
 T = TypeVar("T")
 
+#: environment variable: seconds a collective may wait for the other processes
+TIMEOUT_ENV = "SEGCL_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 1800
+
 
 @dataclass
 class DistContext:
     """Where this process stands: its rank, the number of processes and its device.
 
-    ``owns_group`` is True when :func:`setup` created the process group (and
-    :func:`teardown` should destroy it).
+    ``owns_group`` is True when segcl created the process group (:func:`setup`, in this job or
+    an earlier one of this process); it is destroyed at exit, not by :func:`teardown`.
     """
 
     rank: int = 0
@@ -66,13 +83,36 @@ def launched_distributed() -> bool:
     return _env_int("WORLD_SIZE", 1) > 1
 
 
-def setup(device_name: str = "auto", timeout_s: float = 1800.0) -> DistContext:
+def dist_timeout_s() -> int:
+    """Seconds a collective may wait: ``SEGCL_DIST_TIMEOUT`` (a positive integer), default
+    :data:`DEFAULT_TIMEOUT_S`."""
+    timeout = _env_int(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+    if timeout <= 0:
+        raise ConfigError(f"environment variable {TIMEOUT_ENV}={timeout} must be > 0 (seconds)")
+    return timeout
+
+
+#: the process group segcl created in this process (destroyed at exit), None until then
+_OWN_GROUP: object | None = None
+
+
+def _destroy_own_group() -> None:
+    """At exit: destroy the process group that :func:`setup` created, if it is still there."""
+    global _OWN_GROUP
+    if _OWN_GROUP is not None and dist.is_initialized() and dist.group.WORLD is _OWN_GROUP:
+        dist.destroy_process_group()
+    _OWN_GROUP = None
+
+
+def setup(device_name: str = "auto", timeout_s: float | None = None) -> DistContext:
     """Resolve the device and, under torchrun with ``WORLD_SIZE > 1``, join the process group.
 
     On CUDA each process uses ``cuda:LOCAL_RANK`` (a bare ``--device cuda`` is mapped there);
-    the backend is NCCL on CUDA and Gloo on CPU. An already initialised group is reused (and
-    left alone by :func:`teardown`).
+    the backend is NCCL on CUDA and Gloo on CPU. The group is created once per process (with
+    ``timeout_s``, default :func:`dist_timeout_s`) and destroyed at exit; an already
+    initialised group -- segcl's from an earlier job, or the caller's own -- is reused.
     """
+    global _OWN_GROUP
     world = _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
     device = resolve_device(device_name)
@@ -84,19 +124,22 @@ def setup(device_name: str = "auto", timeout_s: float = 1800.0) -> DistContext:
         return DistContext(device=device)
     if not dist.is_available():
         raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    owns = False
     if not dist.is_initialized():
+        timeout = dist_timeout_s() if timeout_s is None else timeout_s
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
-        owns = True
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
+        if _OWN_GROUP is None:
+            atexit.register(_destroy_own_group)
+        _OWN_GROUP = dist.group.WORLD
+    owns = _OWN_GROUP is not None and _OWN_GROUP is dist.group.WORLD
     return DistContext(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank,
                        device=device, owns_group=owns)
 
 
 def run(device_name: str, body: Callable[[DistContext], T]) -> T:
     """``body(ctx)`` between :func:`setup` and :func:`teardown`: the entry point of a training
-    loop that works in one process or under torchrun. On an error the process group is torn down
-    without waiting (the other processes may be mid-collective) and the error propagates."""
+    loop that works in one process or under torchrun. On an error the other processes are not
+    waited for (they may be mid-collective) and the error propagates."""
     ctx = setup(device_name)
     try:
         result = body(ctx)
@@ -108,13 +151,12 @@ def run(device_name: str, body: Callable[[DistContext], T]) -> T:
 
 
 def teardown(ctx: DistContext, wait: bool = True) -> None:
-    """Wait for every process (when ``wait``), then destroy the process group if :func:`setup`
-    created it. Pass ``wait=False`` on an error path: the other processes may never arrive."""
-    if ctx.enabled and dist.is_initialized():
-        if wait:
-            dist.barrier()
-        if ctx.owns_group:
-            dist.destroy_process_group()
+    """The end of a job: wait for every process (when ``wait``; pass ``wait=False`` on an error
+    path, the other processes may never arrive). The process group stays for the next job of
+    this process (see the module docstring for why it is not re-created); it is destroyed at
+    exit."""
+    if ctx.enabled and dist.is_initialized() and wait:
+        dist.barrier()
 
 
 def wrap(
