@@ -8,8 +8,7 @@ Measured side by side in one run, on the same images and the same model:
    prediction pipeline;
 2. ``segcl predict``: :func:`segcl.engine.predict.predict_files` end to end (decode, resize,
    normalise, forward, upsample, class map, write palette PNGs), decoding and writing
-   overlapped with compute; ``predict, io_nice 0``: the same with the reader and writer threads
-   at the model's priority (the default runs them 10 nice levels lower);
+   overlapped with compute;
 3. ``plain loop``: read one image, forward it, write its mask, next image.
 
 Each row gives images/s (wall clock, best of ``--repeats``), the ratio to ``forward``, and the
@@ -76,9 +75,9 @@ def main() -> None:
             masks_from_logits(model(x), images[i].shape[:2]).cpu()
         sync()
 
-    def end_to_end(out: Path, io_nice: int = 10) -> None:
+    def end_to_end(out: Path) -> None:
         predict_files(model, config, files, out, batch_size=args.batch_size, device=device,
-                      threads=args.threads, io_nice=io_nice)
+                      threads=args.threads)
 
     @torch.inference_mode()
     def plain_loop(out: Path) -> None:
@@ -103,15 +102,14 @@ def main() -> None:
         return n / t, 1000 * c / n
 
     rates = {"forward": best(lambda _: forward_only()), "segcl predict": best(end_to_end),
-             "predict, io_nice 0": best(lambda out: end_to_end(out, io_nice=0)),
              "plain loop": best(plain_loop)}
     print(f"device {device}, {n} images, batch {args.batch_size}, torch threads "
           f"{torch.get_num_threads()}, predict threads {args.threads}, model input "
           f"{d.image_size[0]}x{d.image_size[1]}")
-    print(f"{'pipeline':<20}{'images/s':>10}{'vs forward':>12}{'CPU ms/img':>12}")
+    print(f"{'pipeline':<16}{'images/s':>10}{'vs forward':>12}{'CPU ms/img':>12}")
     top = rates["forward"][0]
     for name, (rate, cpu) in rates.items():
-        print(f"{name:<20}{rate:>10.2f}{rate / top:>11.2f}x{cpu:>12.1f}")
+        print(f"{name:<16}{rate:>10.2f}{rate / top:>11.2f}x{cpu:>12.1f}")
     print(f"segcl predict / plain loop: {rates['segcl predict'][0] / rates['plain loop'][0]:.2f}x")
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         end_to_end(Path(a))

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -18,7 +15,7 @@ from segcl.data import EvalTransform, read_image, read_mask, to_tensor, to_tenso
 from segcl.data.io import MASK_PNG_OPTIONS
 from segcl.engine.checkpoint import load_model
 from segcl.engine.inference import input_transform, masks_from_logits, resize_logits
-from segcl.engine.predict import lower_thread_priority, predict_files
+from segcl.engine.predict import predict_files
 
 
 # ------------------------------------------------------------------------- building blocks
@@ -143,17 +140,3 @@ def test_predict_masks_equal_the_plain_path(tiny_run: Path, synthetic_data: Path
         assert np.array_equal(got, want), path.name
         classes |= set(np.unique(got).tolist())
     assert len(classes) >= 3
-
-
-@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread priorities here")
-def test_io_threads_yield_to_the_model_threads_on_cpu() -> None:
-    """predict's reader/writer pools lower their own threads' priority, never the caller's."""
-    def nice() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    before = nice()
-    with ThreadPoolExecutor(2, initializer=lower_thread_priority, initargs=(10,)) as pool:
-        niced = set(pool.map(lambda _: nice(), range(4)))
-    with ThreadPoolExecutor(1, initializer=lower_thread_priority, initargs=(0,)) as pool:
-        same = pool.submit(nice).result()
-    assert niced == {min(19, before + 10)} and same == before and nice() == before

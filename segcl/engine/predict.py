@@ -9,12 +9,7 @@ cannot be read are collected and reported; they never stop the run.
 The reader and writer threads run no torch operations: images stay uint8 until the main thread
 batches them (:func:`~segcl.data.to_tensor_batch`), because every thread that calls a parallel
 torch operation starts an OpenMP team of its own, whose threads then compete with the model's
-for the cores. With the model on the CPU (Linux) they also run ``io_nice`` levels below the
-main thread: the model's
-OpenMP threads wait for each other at every parallel region, so a reader preempting one of them
-stalls all of them; at a lower priority the readers and writers take the cores when the model
-leaves them (between batches, in its serial parts) and still keep up, because a stalled queue
-idles the model. OpenCV runs single-threaded inside each call (``cv2.setNumThreads(0)`` in
+for the cores. OpenCV runs single-threaded inside each call (``cv2.setNumThreads(0)`` in
 :mod:`segcl.data.io`). Masks are written with a fast PNG setting (see
 :data:`segcl.data.io.MASK_PNG_OPTIONS`).
 
@@ -35,9 +30,6 @@ Outputs per image ``NAME`` (every file written atomically, at the image's origin
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -99,17 +91,6 @@ def _load(path: Path, rel: Path, transform: EvalTransform, keep: bool) -> _Item:
                  pixels=transform.resize(image))
 
 
-def lower_thread_priority(levels: int) -> None:
-    """Make the calling thread ``levels`` nice levels lower in priority (Linux schedules threads
-    one by one; elsewhere, or when refused, nothing changes). A thread-pool initializer."""
-    if levels <= 0 or not hasattr(os, "setpriority"):
-        return
-    tid = threading.get_native_id()
-    with contextlib.suppress(OSError):
-        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + levels)
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
-
-
 def _imwrite_jpg(path: Path, bgr: np.ndarray) -> None:
     ok, buf = cv2.imencode(".jpg", bgr)
     if not ok:
@@ -162,16 +143,12 @@ def predict_files(
     tta: TTAConfig | str | None = None,
     save_probs: bool = False,
     color: bool = False,
-    io_nice: int = 10,
 ) -> PredictResult:
     """Predict a mask for every image under ``inputs``; masks keep each image's original size.
 
     ``tta``: test-time augmentation, a :class:`~segcl.config.TTAConfig` or its ``--tta`` text
     (the mean probabilities of its views); ``save_probs`` / ``color``: also write
-    ``NAME_probs.npy`` / ``NAME_color.png`` (see the module docstring). ``io_nice``: how many
-    nice levels the reader and writer threads run below the caller when the model runs on the
-    CPU (Linux; 0: the same). On a GPU they keep the caller's priority: there they are what
-    the model waits for.
+    ``NAME_probs.npy`` / ``NAME_color.png`` (see the module docstring).
     """
     tta = TTAConfig.parse(tta)
     cb = callback or Callback()
@@ -190,9 +167,8 @@ def predict_files(
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    nice = (io_nice if device.type == "cpu" else 0,)
-    readers = ThreadPoolExecutor(max(1, threads), initializer=lower_thread_priority, initargs=nice)
-    writers = ThreadPoolExecutor(max(1, threads), initializer=lower_thread_priority, initargs=nice)
+    readers = ThreadPoolExecutor(max(1, threads))
+    writers = ThreadPoolExecutor(max(1, threads))
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     pending: deque[list[Future]] = deque()
     writes: list[tuple[_Item, Future]] = []
