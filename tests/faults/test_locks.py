@@ -120,9 +120,12 @@ def test_ctrl_c_says_interrupted_and_lets_the_folder_go(synthetic_data: Path,
     ``.tmp`` left (typer turns the KeyboardInterrupt into Exit(130): the message must show)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     args = [a.format(data=synthetic_data) for a in FINETUNE]
+    # a suite started in the background (`pytest &`) inherits SIGINT ignored, and so would the
+    # run: give it the default disposition, as in a terminal
     proc = subprocess.Popen([sys.executable, "-m", "segcl", *args, "--steps", "100000"],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not (tmp_path / "run" / "metrics.jsonl").exists():
