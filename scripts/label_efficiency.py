@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import shutil
 import statistics
@@ -180,18 +181,28 @@ def _mean(rs: list[dict[str, Any]], key: str) -> float | None:
 WALL_TOLERANCE = 0.25
 
 
+def _baseline(arm: str) -> str:
+    """The random-init arm validated on the same images as ``arm``: ``random``, or
+    ``random [holdout P]`` for an arm measured on the held-out sequence P (``--holdout``).
+    Gains only ever compare arms validated on the same split."""
+    held = re.search(r"holdout \S+(?=\])", arm)
+    return f"random [{held.group(0)}]" if held else "random"
+
+
 def _equal_compute(arm: str, frac: float, rs: list[dict[str, Any]],
                    groups: dict[tuple[str, float, int], list[dict[str, Any]]]) -> str:
-    """Final mIoU gain over the strongest random-init schedule at this fraction that took at
+    """Final mIoU gain over the strongest random-init schedule (on the arm's split:
+    :func:`_baseline`) at this fraction that took at
     most the arm's wall time (pre-training included; mean minutes per run on the same machine,
     up to :data:`WALL_TOLERANCE` more, the spread of one schedule's wall time on the shared
     machine), paired by seed: only the seeds both have are compared."""
     minutes = _mean(rs, "minutes")
-    if arm == "random" or minutes is None or _mean(rs, "miou_final") is None:
+    base = _baseline(arm)
+    if arm == base or minutes is None or _mean(rs, "miou_final") is None:
         return "-"
     best: tuple[float, list[float], int] | None = None
     for (a, f, steps), g in groups.items():
-        if a != "random" or f != frac or ((_mean(g, "minutes") or math.inf)
+        if a != base or f != frac or ((_mean(g, "minutes") or math.inf)
                                            > minutes * (1 + WALL_TOLERANCE)):
             continue
         pairs = _pairs(rs, g)
@@ -261,7 +272,7 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
              "[recipe] | gain at equal compute | minutes per run |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (arm, frac, steps), rs in sorted(groups.items(), key=_row_order):
-        gain = _paired_gain(rs, groups.get(("random", frac, steps), []))
+        gain = _paired_gain(rs, groups.get((_baseline(arm), frac, steps), []))
         # a tagged arm ("semi [ce+dice]") against labels alone with the same recipe
         # ("random [ce+dice]"): what the unlabelled images add on top of that recipe
         tag = arm[arm.index("["):] if "[" in arm else ""

@@ -75,3 +75,22 @@ def test_report_pairs_by_seed_and_by_recipe(script, tmp_path) -> None:
     assert rows["semi [ce+dice]"][6] == "+6.00 (1 seed)"
     assert rows["semi [ce+dice]"][7] == "+1.00 (1 seed)"  # over random [ce+dice], seed 0
     assert rows["random [ce+dice]"][7] == "-"
+
+
+def test_report_compares_a_held_out_split_only_with_itself(script, tmp_path) -> None:
+    """Arms validated on a held-out sequence (--holdout) pair with the random arm of that
+    split, never with the val split's."""
+    results = [_record("random", 0, 0.50), _record("random [holdout 0001TP]", 0, 0.20),
+               _record("semi [holdout 0001TP]", 0, 0.23),
+               _record("random [ce+dice holdout 0001TP]", 0, 0.22),
+               _record("semi [ce+dice holdout 0001TP]", 0, 0.25)]
+    script.write_reports(results, tmp_path)
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+            for line in (tmp_path / "results.md").read_text().splitlines()
+            if line.startswith("| ") and "0.125 (46 img)" in line}
+    assert rows["semi [holdout 0001TP]"][6] == "+3.00 (1 seed)"
+    assert rows["semi [holdout 0001TP]"][8] == "+3.00 (vs random 100 steps, 1 seed)"
+    assert rows["random [ce+dice holdout 0001TP]"][6] == "+2.00 (1 seed)"
+    assert rows["semi [ce+dice holdout 0001TP]"][7] == "+3.00 (1 seed)"
+    assert rows["random [holdout 0001TP]"][6] == "-"
+    assert script._baseline("semi [ce+dice]") == "random"
