@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shlex
 import shutil
@@ -192,20 +191,16 @@ def _baseline(arm: str) -> str:
 def _equal_compute(arm: str, frac: float, rs: list[dict[str, Any]],
                    groups: dict[tuple[str, float, int], list[dict[str, Any]]]) -> str:
     """Final mIoU gain over the strongest random-init schedule (on the arm's split:
-    :func:`_baseline`) at this fraction that took at
-    most the arm's wall time (pre-training included; mean minutes per run on the same machine,
-    up to :data:`WALL_TOLERANCE` more, the spread of one schedule's wall time on the shared
-    machine), paired by seed: only the seeds both have are compared."""
-    minutes = _mean(rs, "minutes")
-    base = _baseline(arm)
-    if arm == base or minutes is None or _mean(rs, "miou_final") is None:
+    :func:`_baseline`) at this fraction that took no longer, paired by seed
+    (:func:`_timed_pairs`)."""
+    base_arm = _baseline(arm)
+    if arm == base_arm or _mean(rs, "miou_final") is None:
         return "-"
     best: tuple[float, list[float], int] | None = None
     for (a, f, steps), g in groups.items():
-        if a != base or f != frac or ((_mean(g, "minutes") or math.inf)
-                                           > minutes * (1 + WALL_TOLERANCE)):
+        if a != base_arm or f != frac:
             continue
-        pairs = _pairs(rs, g)
+        pairs = _timed_pairs(rs, g)
         if not pairs:
             continue
         strength = statistics.fmean(base for _, base in pairs)
@@ -215,6 +210,44 @@ def _equal_compute(arm: str, frac: float, rs: list[dict[str, Any]],
         return "-"
     _, diffs, steps = best
     return _gain_text(diffs, f"vs random {steps} steps, ")
+
+
+def _timed_pairs(rs: list[dict[str, Any]],
+                 base_rs: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """:func:`_pairs`, when the baseline schedule took no longer for every seed both have: at
+    most the arm's wall time (pre-training included), up to :data:`WALL_TOLERANCE` more, on
+    the same machine (:func:`machine_id`; records from before it was kept count as one
+    machine). Empty otherwise: a schedule that fits the budget for only some seeds is not an
+    equal-compute baseline."""
+    base = {r["seed"]: r for r in base_rs if r.get("miou_final") is not None}
+    shared = [(r, base[r["seed"]]) for r in rs
+              if r["seed"] in base and r.get("miou_final") is not None]
+    if not shared or any(
+            r.get("minutes") is None or b.get("minutes") is None
+            or b.get("machine") != r.get("machine")
+            or b["minutes"] > r["minutes"] * (1 + WALL_TOLERANCE) for r, b in shared):
+        return []
+    return [(r["miou_final"], b["miou_final"]) for r, b in shared]
+
+
+def machine_id() -> str:
+    """Where a run's wall time was measured: the CPU model, the core count and the boot id.
+    Wall times compare only between runs with the same id (one machine, one boot): the same
+    schedule ran 2.5x faster on one 2-core machine than on another."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    boot = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores" + (f", boot {boot}" if boot else "")
 
 
 def _label_gap(groups: dict[tuple[str, float, int], list[dict[str, Any]]]) -> list[str]:
@@ -391,6 +424,7 @@ def main() -> None:
             # its wall time from its files (first config.yaml written -> last checkpoint)
             log += ["segcl " + " ".join(shlex.quote(x) for x in cmd) for cmd in commands]
             minutes = _trained(model_dir, a.budget) / 60
+            machine = None  # trained in an earlier session, perhaps on another machine
             print(f"re-evaluating {arm} @ {frac} seed {seed}: trained in {minutes:.1f} min")
         else:
             if work.exists():
@@ -399,6 +433,7 @@ def main() -> None:
             for cmd in commands:
                 run(cmd, log)
             minutes = (time.time() - t0) / 60
+            machine = machine_id()
         evals = {}
         for which in ("best", "last"):  # val-selected and final checkpoint
             eval_json = work / f"eval_{which}.json"
@@ -413,7 +448,8 @@ def main() -> None:
                   "pixel_accuracy": metrics["pixel_accuracy"],
                   "iou": metrics.get("iou"), "iou_final": final.get("iou"),
                   "classes": metrics.get("class_names"),
-                  "minutes": round(minutes, 2), "budget_steps": a.budget,
+                  "minutes": round(minutes, 2), "machine": machine,
+                  "budget_steps": a.budget,
                   "image_size": a.image_size, "seed": seed, "commands": log}
         # read the file again: another invocation may have added arms since this one began
         results = [r for r in load_results(results_path) if _key(r) != key] + [record]

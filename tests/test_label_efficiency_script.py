@@ -94,3 +94,28 @@ def test_report_compares_a_held_out_split_only_with_itself(script, tmp_path) -> 
     assert rows["semi [ce+dice holdout 0001TP]"][7] == "+3.00 (1 seed)"
     assert rows["random [holdout 0001TP]"][6] == "-"
     assert script._baseline("semi [ce+dice]") == "random"
+
+
+def test_equal_compute_needs_the_same_machine_and_every_seed_in_time(script, tmp_path) -> None:
+    """The equal-compute baseline is a random-init schedule that took no longer than the arm
+    for every shared seed, timed on the same machine."""
+    def timed(arm: str, seed: int, miou: float, minutes: float, machine: str | None) -> dict:
+        return {**_record(arm, seed, miou), "minutes": minutes, "machine": machine}
+
+    def cell(results: list[dict]) -> str:
+        script.write_reports(results, tmp_path)
+        row = next(line for line in (tmp_path / "results.md").read_text().splitlines()
+                   if line.startswith("| semi |"))
+        return row.split(" | ")[8]
+
+    same = [timed("random", 0, 0.50, 10.0, "a"), timed("random", 1, 0.40, 10.0, "a")]
+    assert cell([*same, timed("semi", 0, 0.52, 12.0, "a"), timed("semi", 1, 0.43, 12.0, "a")]) \
+        == "2.50 ± 0.71 (vs random 100 steps, 2 seeds)"
+    # the same runs with the baseline timed on another machine: no comparison
+    other = [timed("random", 0, 0.50, 10.0, "b"), timed("random", 1, 0.40, 10.0, "b")]
+    assert cell([*other, timed("semi", 0, 0.52, 12.0, "a"),
+                 timed("semi", 1, 0.43, 12.0, "a")]) == "-"
+    # one seed's baseline took more than 1.25x the arm's time: not an equal-compute baseline
+    assert cell([*same, timed("semi", 0, 0.52, 12.0, "a"), timed("semi", 1, 0.43, 7.0, "a")]) \
+        == "-"
+    assert "cores" in script.machine_id()
