@@ -119,3 +119,14 @@ def test_equal_compute_needs_the_same_machine_and_every_seed_in_time(script, tmp
     assert cell([*same, timed("semi", 0, 0.52, 12.0, "a"), timed("semi", 1, 0.43, 7.0, "a")]) \
         == "-"
     assert "cores" in script.machine_id()
+
+
+def test_label_gap_per_recipe(script, tmp_path) -> None:
+    """Each labels-only recipe measured with all labels gets its gap at every fraction."""
+    full = {**_record("random [ce+dice]", 0, 0.70), "fraction": 1.0, "labeled_images": 367}
+    results = [_record("random", 0, 0.50), _record("random [ce+dice]", 0, 0.55), full,
+               _record("semi [ce+dice]", 0, 0.60)]
+    script.write_reports(results, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "| random [ce+dice] | 0.125 | 55.00 | 70.00 | 15.00 |" in text
+    assert "| random | 0.125 |" not in text  # no all-label run of plain random init
