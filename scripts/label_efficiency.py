@@ -339,20 +339,30 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     from segcl.viz import plot_lines
 
-    # one line per method; the ablation subsets (multiscale:...) and tagged variants stay in
-    # the table only
-    series: dict[str, list[tuple[float, float, float]]] = {}
-    schedules = {steps for _, _, steps in groups}
-    for (arm, _, steps), rs in sorted(groups.items(), key=_row_order):
-        if ":" in arm or "[" in arm or not all("miou_final" in r for r in rs):
+    # one line per arm measured at two or more fractions, each fraction at its longest
+    # schedule (the converged one); the ablation subsets (multiscale:...), single-fraction
+    # variants and held-out splits stay in the table only
+    longest: dict[str, dict[float, tuple[int, list[dict[str, Any]]]]] = {}
+    for (arm, frac, steps), rs in groups.items():
+        if ":" in arm or "holdout" in arm or not all("miou_final" in r for r in rs):
             continue
-        vals = [r["miou_final"] * 100 for r in rs]
-        label = f"{arm}, {steps} steps" if len(schedules) > 1 else arm
-        series.setdefault(label, []).append((rs[0]["labeled_images"], statistics.fmean(vals),
-                                           statistics.stdev(vals) if len(vals) > 1 else 0.0))
+        if steps > longest.setdefault(arm, {}).get(frac, (-1, []))[0]:
+            longest[arm][frac] = (steps, rs)
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for arm, per in sorted(longest.items()):
+        if len(per) < 2:
+            continue
+        steps = sorted({st for st, _ in per.values()})
+        label = f"{arm} ({steps[0]}{'-' + str(steps[-1]) if len(steps) > 1 else ''} steps)"
+        for _, (_, rs) in sorted(per.items()):
+            vals = [r["miou_final"] * 100 for r in rs]
+            series.setdefault(label, []).append(
+                (rs[0]["labeled_images"], statistics.fmean(vals),
+                 statistics.stdev(vals) if len(vals) > 1 else 0.0))
     if series:
         plot_lines(series, out / "miou_vs_labels.png", "labelled images",
-                   "val mIoU (final checkpoint)", "label efficiency (mean ± std over seeds)",
+                   "val mIoU (final checkpoint)",
+                   "mean ± std over seeds, longest schedule per point",
                    logx=True)
 
 
