@@ -180,12 +180,19 @@ def _mean(rs: list[dict[str, Any]], key: str) -> float | None:
 WALL_TOLERANCE = 0.25
 
 
+def _held_out(arm: str) -> str:
+    """``holdout P`` for an arm validated on the held-out sequence P (``--holdout``), else
+    empty (the arm was validated on val)."""
+    held = re.search(r"holdout \S+(?=\])", arm)
+    return held.group(0) if held else ""
+
+
 def _baseline(arm: str) -> str:
     """The random-init arm validated on the same images as ``arm``: ``random``, or
-    ``random [holdout P]`` for an arm measured on the held-out sequence P (``--holdout``).
+    ``random [holdout P]`` for an arm measured on the held-out sequence P (:func:`_held_out`).
     Gains only ever compare arms validated on the same split."""
-    held = re.search(r"holdout \S+(?=\])", arm)
-    return f"random [{held.group(0)}]" if held else "random"
+    held = _held_out(arm)
+    return f"random [{held}]" if held else "random"
 
 
 def _equal_compute(arm: str, frac: float, rs: list[dict[str, Any]],
@@ -257,7 +264,7 @@ def _label_gap(groups: dict[tuple[str, float, int], list[dict[str, Any]]]) -> li
     best: dict[str, dict[float, float]] = {}
     for (arm, frac, _), g in groups.items():
         value = _mean(g, "miou_final")
-        if arm.startswith("random") and "holdout" not in arm and value is not None:
+        if arm.startswith("random") and not _held_out(arm) and value is not None:
             per = best.setdefault(arm, {})
             per[frac] = max(per.get(frac, -1.0), value)
     rows = [f"| {arm} | {f:g} | {v * 100:.2f} | {per[1.0] * 100:.2f} | {(per[1.0] - v) * 100:.2f} |"
@@ -344,7 +351,7 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
     # variants and held-out splits stay in the table only
     longest: dict[str, dict[float, tuple[int, list[dict[str, Any]]]]] = {}
     for (arm, frac, steps), rs in groups.items():
-        if ":" in arm or "holdout" in arm or not all("miou_final" in r for r in rs):
+        if ":" in arm or _held_out(arm) or not all("miou_final" in r for r in rs):
             continue
         if steps > longest.setdefault(arm, {}).get(frac, (-1, []))[0]:
             longest[arm][frac] = (steps, rs)
