@@ -60,12 +60,15 @@ import torch
 import segcl.engine.data_setup as data_setup
 import segcl.engine.finetune as finetune_engine
 import segcl.engine.pretrain as pretrain_engine
+from segcl import methods as registry
 from segcl.config import ContrastConfig, DataConfig, FinetuneConfig, PretrainConfig, SemiConfig
 from segcl.engine import distributed
 from segcl.engine.callbacks import Callback
 
-#: method name -> how to build its config from the common settings
-METHODS = ("finetune", "cross-image", "semi", "simclr", "multiscale", "supcon")
+#: the pre-training methods: every registered one
+PRETRAIN_METHODS = registry.names("pretrain")
+#: the benchmarked jobs: plain fine-tuning, its two additions, then each pre-training method
+METHODS = ("finetune", "cross-image", "semi", *PRETRAIN_METHODS)
 
 
 class StepTimer(Callback):
@@ -136,7 +139,7 @@ def make_config(method: str, a: argparse.Namespace, batch: int, cache: str, out:
     if hasattr(DataConfig, "cache"):
         data = replace(data, cache=cache)
     steps = a.warmup + a.steps
-    if method in ("simclr", "multiscale", "supcon"):
+    if method in PRETRAIN_METHODS:
         return PretrainConfig(data=data, method=method, encoder=a.encoder, batch_size=batch,
                               steps=steps, device=a.device, out=out, log_every=1)
     cfg = FinetuneConfig(data=data, encoder=a.encoder, batch_size=batch, steps=steps,

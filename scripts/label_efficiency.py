@@ -3,9 +3,11 @@
 For each labelled fraction and each arm, the same total budget of optimiser steps (``--budget``):
 
 - ``random``: fine-tune from random init for the whole budget;
-- ``simclr`` / ``multiscale`` / ``supcon``: pre-train for ``--pretrain-share`` of the budget, then
-  fine-tune (``--init``) for the rest; ``multiscale:global+local`` etc. select the multi-scale
-  terms (the ablation);
+- each registered pre-training method (``simclr``, ``moco``, ``multiscale``, ``supcon``):
+  pre-train for ``--pretrain-share`` of the budget, then fine-tune (``--init``) for the rest;
+  with ``--pretrain-steps N``, pre-train N steps and then fine-tune for the whole budget (the
+  random arm's schedule; recorded as ``ARM (N pre-training steps)``, its minutes include the
+  pre-training); ``multiscale:global+local`` etc. select the multi-scale terms (the ablation);
 - ``cross-image``: fine-tune with the auxiliary cross-image pixel contrast for the whole budget;
 - ``semi``: online semi-supervised fine-tuning (``--semi``) on the unlabelled rest of the split;
 - ``semi-shared``: the same with UniMatch's shared forward (``--semi-shared-forward``);
@@ -137,7 +139,8 @@ def arm_commands(arm: str, frac: float, a: argparse.Namespace, work: Path) -> tu
             extra = [*extra, *shlex.split(a.semi_extra)]
         out = work / "finetune"
         return [[*ft, "--steps", str(a.budget), *extra, "--out", str(out)]], out
-    pre_steps = int(a.budget * a.pretrain_share)
+    pre_steps = a.pretrain_steps or int(a.budget * a.pretrain_share)
+    fine_steps = a.budget if a.pretrain_steps else a.budget - pre_steps
     pseudo: list[str] = []
     if method.endswith(PSEUDO_SUFFIX):
         teacher = a.out / "runs" / f"random@{frac}-{a.budget}steps" / f"seed{a.seed}" / "finetune"
@@ -155,7 +158,7 @@ def arm_commands(arm: str, frac: float, a: argparse.Namespace, work: Path) -> tu
     if terms:
         pre += ["--losses", terms.replace("+", ",")]
     out = work / "finetune"
-    fine = [*ft, "--steps", str(a.budget - pre_steps), "--init", str(work / "pretrain"),
+    fine = [*ft, "--steps", str(fine_steps), "--init", str(work / "pretrain"),
             *pseudo, "--out", str(out)]
     return [pre, fine], out
 
@@ -387,6 +390,9 @@ def main() -> None:
     p.add_argument("--arms", default="random,simclr,multiscale,supcon,cross-image,supcon-pseudo")
     p.add_argument("--budget", type=int, default=600, help="optimiser steps per arm in total")
     p.add_argument("--pretrain-share", type=float, default=0.5)
+    p.add_argument("--pretrain-steps", type=int, default=None,
+                   help="pre-training arms: pre-train N steps, then fine-tune for the whole "
+                        "--budget (instead of splitting it by --pretrain-share)")
     p.add_argument("--image-size", default="96x128")
     p.add_argument("--grid", default=None, help="pixel-loss grid HxW for pre-training")
     p.add_argument("--encoder", default="resnet18")
@@ -427,14 +433,17 @@ def main() -> None:
             for sd in a.seeds.split(",") for m in a.arms.split(",")]
     for frac, method, seed in jobs:
         a.seed = seed
-        arm = f"{method} [{a.tag}]" if a.tag else method
+        pre = f" ({a.pretrain_steps} pre-training steps)" if a.pretrain_steps and \
+            method.partition(":")[0].removesuffix(PSEUDO_SUFFIX) in pretrain_arms() else ""
+        arm = f"{method}{pre} [{a.tag}]" if a.tag else f"{method}{pre}"
         key = (arm, frac, seed, a.budget)
         done = [r for r in load_results(results_path) if _key(r) == key]
         if done and not a.force:
             print(f"skip {arm} @ {frac} seed {seed}: already measured "
                   f"({done[0]['miou'] * 100:.1f})")
             continue
-        name = f"{method}-{a.tag.replace(' ', '-')}" if a.tag else method
+        name = f"{method}{f'-pre{a.pretrain_steps}' if pre else ''}"
+        name = f"{name}-{a.tag.replace(' ', '-')}" if a.tag else name
         work = a.out / "runs" / f"{name}@{frac}-{a.budget}steps" / f"seed{seed}"
         commands, model_dir = arm_commands(method, frac, a, work)
         log: list[str] = []

@@ -88,6 +88,7 @@ CHECKS: dict[str, dict[str, str]] = {
     "PretrainConfig": {"epochs": "positive", "steps": "positive", "batch_size": "positive",
                        "temperature": "positive", "grid": "size", "max_pixels": "positive",
                        "local_grid": "positive", "proj_dim": "positive", "pixel_dim": "positive",
+                       "queue_size": "positive", "key_momentum": "below1",
                        "strength": "nonneg", "pseudo_threshold": "probability",
                        "pseudo_background_threshold": "probability", "log_every": "positive",
                        "save_every_s": "positive", "seed": "nonneg", "device": "device"},
@@ -591,8 +592,8 @@ class PretrainConfig:
             ``local``, ``pixel``); the pixel term needs labelled (or pseudo-labelled) images and
             is dropped without them.
         variant: pixel contrast over each image (``single``) or over the batch (``batch``).
-        temperature: ``None`` = each term's paper default (0.1 global/local, 0.07 pixel); a
-            number sets it for every term.
+        temperature: ``None`` = each term's paper default (0.1 global/local, 0.07 pixel; moco
+            0.2); a number sets it for every term.
         grid: ``(h, w)`` the pixel embeddings are resized to; ``None`` = the decoder's native
             resolution (affordable with the linear-memory loss).
         max_pixels: random subsample of valid pixels for ``variant="batch"``.
@@ -600,6 +601,8 @@ class PretrainConfig:
         proj_dim / pixel_dim: output sizes of the global/local heads and of the pixel head.
         strength: colour-distortion strength of the second view / copy (SimCLR's ``s``).
         crop_scale: area range of SimCLR's random resized crops.
+        queue_size / key_momentum: ``moco`` only: the keys kept as negatives, and the momentum
+            of the key encoder's moving average.
         scale: random scale range of the shared geometry of an image and its copy.
         pseudo_labels: teacher model; the unlabelled images get pseudo-masks and join the
             labelled set (for the pixel term).
@@ -626,6 +629,8 @@ class PretrainConfig:
     pixel_dim: int = 256
     strength: float = 0.5
     crop_scale: tuple[float, float] = (0.2, 1.0)
+    queue_size: int = 256
+    key_momentum: float = 0.99
     scale: tuple[float, float] = (0.5, 2.0)
     pseudo_labels: str | None = None
     pseudo_threshold: float = 0.8

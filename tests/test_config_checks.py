@@ -115,8 +115,8 @@ def test_checkpoint_configs_are_checked(tiny_run, tmp_path, edit, message) -> No
     (lambda: OptimConfig(name="rmsprop"), "--optimizer must be one of sgd, adamw, got 'rmsprop'"),
     (lambda: FinetuneConfig(init="runs/x", init_parts="heads"), "--init-parts must be one of"),
     (lambda: FinetuneConfig(eval_mode="tile"), "--mode must be one of resize, slide, got 'tile'"),
-    (lambda: PretrainConfig(method="byol"), "--method must be one of simclr, multiscale, supcon, "
-                                            "got 'byol'"),
+    (lambda: PretrainConfig(method="byol"), "--method must be one of simclr, moco, multiscale, "
+                                            "supcon, got 'byol'"),
     (lambda: PretrainConfig(method="semi"), "--method must be one of"),  # a fine-tuning method
     (lambda: PretrainConfig(losses=["global", "edge"]), "--losses must be one of global, local, "
                                                         "pixel, got 'edge'"),

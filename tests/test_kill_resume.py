@@ -21,7 +21,7 @@ from tests.conftest import REPO, run_cli
 def _steps(kind: str) -> int:
     # pretrain logs every 10 steps: with 12 steps the last two ran between two polls of
     # metrics.jsonl on a fast machine, so it gets enough steps after its first log to be killed
-    return 40 if kind == "pretrain" else 12
+    return 40 if kind.startswith("pretrain") else 12
 
 
 def _args(kind: str, data: Path, out: Path, workers: int) -> list[str]:
@@ -34,7 +34,9 @@ def _args(kind: str, data: Path, out: Path, workers: int) -> list[str]:
     if kind == "finetune-mid-epoch":  # 6-step epochs, no epoch-end checkpoint: mid-epoch only
         return ["finetune", str(data), "--labeled-count", "12", "--val-every", "100",
                 "--checkpoint-every", "1", *common]
-    return ["pretrain", str(data), "--method", "simclr", "--checkpoint-every", "1", *common]
+    method = "moco" if kind == "pretrain-moco" else "simclr"  # moco: a queue and a key branch
+    return ["pretrain", str(data), "--method", method, "--checkpoint-every", "1",
+            "--queue-size", "16", *common]
 
 
 def _last_step(out: Path) -> int:
@@ -48,7 +50,8 @@ def _last_step(out: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, workers", [("finetune", 0), ("finetune", 2),
-                                           ("finetune-mid-epoch", 2), ("pretrain", 2)])
+                                           ("finetune-mid-epoch", 2), ("pretrain", 2),
+                                           ("pretrain-moco", 0)])
 def test_kill_9_then_resume_is_bit_exact(synthetic_data: Path, tmp_path: Path, kind: str,
                                          workers: int) -> None:
     full, killed = tmp_path / "full", tmp_path / "killed"

@@ -28,7 +28,7 @@ def _args(tmp_path: Path) -> argparse.Namespace:
         layout="camvid", image_size="96x128", encoder="resnet18", seed=0, batch_size=8,
         workers=1, data="DATA", finetune_lr=0.03, val_every=100, finetune_extra="",
         semi_extra="--semi-views 1", budget=100, pretrain_share=0.5, out=tmp_path,
-        pretrain_lr=0.1, pretrain_extra="", grid=None)
+        pretrain_lr=0.1, pretrain_extra="", grid=None, pretrain_steps=None)
 
 
 def test_arms_are_the_registered_methods(script, tmp_path) -> None:
@@ -46,6 +46,17 @@ def test_arms_are_the_registered_methods(script, tmp_path) -> None:
         assert commands[0][commands[0].index("--method") + 1] == name
     with pytest.raises(SystemExit, match="unknown arm 'bogus'; choose from random"):
         script.arm_commands("bogus", 0.125, _args(tmp_path), tmp_path / "x")
+
+
+def test_pretrain_steps_keep_the_whole_fine_tuning_budget(script, tmp_path) -> None:
+    def steps(command: list[str]) -> int:
+        return int(command[command.index("--steps") + 1])
+
+    shared, _ = script.arm_commands("moco", 0.125, _args(tmp_path), tmp_path / "a")
+    assert [steps(c) for c in shared] == [50, 50]  # --pretrain-share 0.5 of --budget 100
+    extra = argparse.Namespace(**{**vars(_args(tmp_path)), "pretrain_steps": 300})
+    on_top, _ = script.arm_commands("moco", 0.125, extra, tmp_path / "b")
+    assert [steps(c) for c in on_top] == [300, 100]  # the random arm's schedule after it
 
 
 def test_semi_adaptive_arm_is_the_mean_teacher_with_adaptive_thresholds(script, tmp_path) -> None:

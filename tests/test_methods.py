@@ -35,7 +35,7 @@ SIZE = (32, 48)
 def test_registry_lists_the_builtin_methods() -> None:
     from segcl.config import PRETRAIN_METHODS
 
-    assert methods.names("pretrain") == ("simclr", "multiscale", "supcon")
+    assert methods.names("pretrain") == ("simclr", "moco", "multiscale", "supcon")
     assert methods.names("pretrain") == PRETRAIN_METHODS
     assert methods.names("finetune") == ("pseudo-labels", "semi", "cross-image")
     assert methods.names() == methods.names("pretrain") + methods.names("finetune")
@@ -48,13 +48,14 @@ def test_registry_lists_the_builtin_methods() -> None:
 
 
 def test_unknown_method_names_the_choices() -> None:
-    with pytest.raises(ConfigError, match="unknown method 'byol'; choose simclr, multiscale, "
+    with pytest.raises(ConfigError, match="unknown method 'byol'; choose simclr, moco, multiscale, "
                                           r"supcon$"):
         methods.get("byol", kind="pretrain")
     with pytest.raises(ConfigError, match="'simclr' is a pretrain method, not a finetune method; "
                                           "choose pseudo-labels, semi, cross-image"):
         methods.get("simclr", kind="finetune")
-    with pytest.raises(ConfigError, match="--method must be one of simclr, multiscale, supcon"):
+    with pytest.raises(ConfigError,
+                       match="--method must be one of simclr, moco, multiscale, supcon"):
         PretrainConfig(method="byol")
 
 

@@ -21,6 +21,8 @@ PRETRAIN_EPILOG = """
 
   segcl pretrain data/camvid --method simclr --epochs 200 --batch-size 32 --out runs/camvid-simclr
 
+  segcl pretrain data/camvid --method moco --queue-size 256 --out runs/camvid-moco
+
   segcl pretrain data/camvid --method supcon --encoder resnet50 --encoder-weights imagenet \\
       --labeled-fraction 0.125 --out runs/camvid-supcon-in1k
 
@@ -86,7 +88,8 @@ def pretrain(
     weight_decay: o.WeightDecay = 4e-5,
     warmup_steps: o.WarmupSteps = 50,
     temperature: Annotated[float | None, typer.Option(
-        help="Temperature of every term (default: 0.1 global/local, 0.07 pixel).")] = None,
+        help="Temperature of every term (default: 0.1 global/local, 0.07 pixel; moco "
+             "0.2).")] = None,
     grid: Annotated[str | None, typer.Option(
         help="Resize pixel embeddings to HxW before the pixel loss (paper: 65x65); default: "
              "the decoder's native resolution.")] = None,
@@ -94,6 +97,11 @@ def pretrain(
         help="Random valid pixels per batch for --variant batch.")] = None,
     strength: Annotated[float, typer.Option(help="Colour distortion strength of the second "
                                                  "view.")] = 0.5,
+    queue_size: Annotated[int, typer.Option(
+        help="moco: keys of earlier batches kept as negatives (keep it below the number of "
+             "images).")] = 256,
+    key_momentum: Annotated[float, typer.Option(
+        help="moco: momentum of the key encoder's moving average of the weights.")] = 0.99,
     encoder_weights: o.EncoderWeights = None,
     pseudo_labels: Annotated[str | None, typer.Option(
         help="Teacher model: pseudo-label the unlabelled images and add them to the pixel "
@@ -124,7 +132,8 @@ def pretrain(
             out=str(out), method=method, encoder=encoder, decoder=decoder,
             encoder_weights=encoder_weights, losses=parse_losses(losses), variant=variant,
             temperature=temperature, grid=parse_grid(grid), max_pixels=max_pixels,
-            strength=strength, pseudo_labels=pseudo_labels, epochs=epochs, steps=steps,
+            strength=strength, queue_size=queue_size, key_momentum=key_momentum,
+            pseudo_labels=pseudo_labels, epochs=epochs, steps=steps,
             batch_size=batch_size, amp=amp, device=device, seed=seed, loggers=logger,
             command=o.command_line(),
         )

@@ -1,6 +1,7 @@
-"""Losses, one per file: the contrastive losses (SimCLR, multi-scale, and the pixel contrasts of
-Zhao et al. and Wang et al.) and the supervised segmentation losses (cross-entropy, soft Dice,
-focal, with OHEM pixel selection and median-frequency class weights).
+"""Losses, one per file: the contrastive losses (SimCLR, MoCo's InfoNCE against a queue,
+multi-scale, and the pixel contrasts of Zhao et al. and Wang et al.) and the supervised
+segmentation losses (cross-entropy, soft Dice, focal, with OHEM pixel selection and
+median-frequency class weights).
 
 Every loss module L2-normalises its inputs in float32 (heads return raw projections), so fp16 /
 bf16 activations never overflow ``exp(s / tau)`` (:mod:`segcl.losses.precision`). Cross-GPU
@@ -20,6 +21,7 @@ from segcl.losses.local import LocalContrastLoss
 from segcl.losses.ntxent import NTXentLoss, nt_xent
 from segcl.losses.ohem import ohem_keep
 from segcl.losses.pixel import PixelContrastLoss, pixel_contrast, pixel_contrast_naive
+from segcl.losses.queue_infonce import KeyQueue, QueueInfoNCELoss, queue_info_nce
 from segcl.losses.segmentation import SEGMENTATION_LOSSES, SegmentationLoss
 
 __all__ = [
@@ -27,10 +29,12 @@ __all__ = [
     "CrossImagePixelContrast",
     "DiceLoss",
     "FocalLoss",
+    "KeyQueue",
     "LocalContrastLoss",
     "MemoryBank",
     "NTXentLoss",
     "PixelContrastLoss",
+    "QueueInfoNCELoss",
     "SegmentationLoss",
     "cross_entropy",
     "focal_loss",
@@ -39,5 +43,6 @@ __all__ = [
     "ohem_keep",
     "pixel_contrast",
     "pixel_contrast_naive",
+    "queue_info_nce",
     "soft_dice_loss",
 ]

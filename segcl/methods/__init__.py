@@ -116,5 +116,5 @@ def active(cfg: FinetuneConfig) -> tuple[FinetuneMethod, ...]:
 
 
 # built-in methods, in the order they are listed (and composed); each registers itself on import
-from segcl.methods import simclr, multiscale, supcon  # noqa: E402, F401, I001
+from segcl.methods import simclr, moco, multiscale, supcon  # noqa: E402, F401, I001
 from segcl.methods import pseudo_labels, semi, cross_image  # noqa: E402, F401
