@@ -16,7 +16,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from segcl.losses import LocalContrastLoss, MemoryBank, NTXentLoss, PixelContrastLoss
+from segcl.losses import (
+    KeyQueue,
+    LocalContrastLoss,
+    MemoryBank,
+    NTXentLoss,
+    PixelContrastLoss,
+)
 from segcl.losses.distributed import gather_with_grad, is_distributed, rank, world_size
 
 WORLD = 2
@@ -105,6 +111,14 @@ def _worker(rank_: int, port: int) -> None:
         dist.all_gather(other, state)
         assert torch.equal(other[0], other[1]), "memory banks diverged across ranks"
         assert int(bank.region_count.sum()) > 0
+
+        queue = KeyQueue(5, 8)  # MoCo's queue: both ranks' keys, rank 0's first, same queue
+        mine = torch.randn(2, 8, generator=torch.Generator().manual_seed(rank_))
+        queue.push(mine)
+        both = [torch.empty_like(mine) for _ in range(WORLD)]
+        dist.all_gather(both, mine)
+        torch.testing.assert_close(queue.negatives(),
+                                   torch.nn.functional.normalize(torch.cat(both), dim=1))
     finally:
         dist.destroy_process_group()
 
