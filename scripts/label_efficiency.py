@@ -301,8 +301,10 @@ def _paired_gain(rs: list[dict[str, Any]], base_rs: list[dict[str, Any]]) -> str
     return _gain_text([(mine - base) * 100 for mine, base in pairs]) if pairs else "-"
 
 
-def _minutes(rs: list[dict[str, Any]]) -> str:
-    known = [r["minutes"] for r in rs if r.get("minutes") is not None]
+def _minutes(rs: list[dict[str, Any]], key: str = "minutes") -> str:
+    """Mean of ``key`` (wall minutes) over the seeds that recorded it; ``-`` for none (an arm
+    without pre-training has no ``pretrain_minutes``)."""
+    known = [r[key] for r in rs if r.get(key)]
     return f"{statistics.fmean(known):.1f}" if known else "-"
 
 
@@ -314,8 +316,8 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
         groups.setdefault((r["arm"], r["fraction"], r["budget_steps"]), []).append(r)
     lines = ["| arm | labelled | seeds | steps | val mIoU (val-selected) | val mIoU (final) "
              "| gain over random (final, paired by seed) | gain over random with the same "
-             "[recipe] | gain at equal compute | minutes per run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "[recipe] | gain at equal compute | minutes per run | of which pre-training |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (arm, frac, steps), rs in sorted(groups.items(), key=_row_order):
         gain = _paired_gain(rs, groups.get((_baseline(arm), frac, steps), []))
         # a tagged arm ("semi [ce+dice]") against labels alone with the same recipe
@@ -329,7 +331,8 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
             f"| {arm} | {frac:g} ({rs[0]['labeled_images']} img) | "
             f"{','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
             f"{rs[0]['budget_steps']} | {_stats([r['miou'] for r in rs])} | {final} | {gain} | "
-            f"{recipe} | {_equal_compute(arm, frac, rs, groups)} | {_minutes(rs)} |")
+            f"{recipe} | {_equal_compute(arm, frac, rs, groups)} | {_minutes(rs)} | "
+            f"{_minutes(rs, 'pretrain_minutes')} |")
     lines += _label_gap(groups)
     lines += ["", "Per-class IoU (final checkpoint, mean over seeds); the thin classes are "
               "marked with *.", ""]
@@ -453,13 +456,17 @@ def main() -> None:
             log += ["segcl " + " ".join(shlex.quote(x) for x in cmd) for cmd in commands]
             minutes = _trained(model_dir, a.budget) / 60
             machine = None  # trained in an earlier session, perhaps on another machine
+            pre_minutes = None
             print(f"re-evaluating {arm} @ {frac} seed {seed}: trained in {minutes:.1f} min")
         else:
             if work.exists():
                 shutil.rmtree(work)
-            t0 = time.time()
+            t0, pre_minutes = time.time(), 0.0
             for cmd in commands:
+                start = time.time()
                 run(cmd, log)
+                if cmd[0] == "pretrain":
+                    pre_minutes += (time.time() - start) / 60
             minutes = (time.time() - t0) / 60
             machine = machine_id()
         evals = {}
@@ -477,6 +484,7 @@ def main() -> None:
                   "iou": metrics.get("iou"), "iou_final": final.get("iou"),
                   "classes": metrics.get("class_names"),
                   "minutes": round(minutes, 2), "machine": machine,
+                  "pretrain_minutes": None if pre_minutes is None else round(pre_minutes, 2),
                   "budget_steps": a.budget,
                   "image_size": a.image_size, "seed": seed, "commands": log}
         # read the file again: another invocation may have added arms since this one began

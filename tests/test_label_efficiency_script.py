@@ -59,6 +59,18 @@ def test_pretrain_steps_keep_the_whole_fine_tuning_budget(script, tmp_path) -> N
     assert [steps(c) for c in on_top] == [300, 100]  # the random arm's schedule after it
 
 
+def test_report_shows_the_pre_training_minutes(script, tmp_path) -> None:
+    arm = "moco (300 pre-training steps) [ce+dice]"
+    results = [_record("random [ce+dice]", 0, 0.50),
+               {**_record(arm, 0, 0.52), "minutes": 30.0, "pretrain_minutes": 20.0}]
+    script.write_reports(results, tmp_path)
+    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")
+            for line in (tmp_path / "results.md").read_text().splitlines()
+            if line.startswith("| ") and "0.125 (46 img)" in line}
+    assert rows[arm][7] == "+2.00 (1 seed)"  # the same recipe without unlabelled images
+    assert rows[arm][9:] == ["30.0", "20.0"] and rows["random [ce+dice]"][9:] == ["10.0", "-"]
+
+
 def test_semi_adaptive_arm_is_the_mean_teacher_with_adaptive_thresholds(script, tmp_path) -> None:
     arms = script.finetune_arms()
     assert arms["semi-adaptive"] == [*arms["semi-ema"], "--semi-threshold-mode", "adaptive",
