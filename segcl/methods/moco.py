@@ -129,7 +129,6 @@ class MoCo(SimCLR):
         head.follow(net.encoder)
         q = head.query(net.encoder(torch.cat([x1, x2]))[-1])
         k = head.keys(torch.cat([x2, x1]))  # row i: the other view of q's image
-        with torch.autocast(device_type=x1.device.type, enabled=False):
-            loss = criterion(q.float(), k.float(), head.queue.negatives())
+        loss = criterion(q, k, head.queue.negatives())  # float32, autocast off: the loss's own
         head.queue.push(k)
         return loss, {"global": loss}
