@@ -1,6 +1,6 @@
 """Momentum contrast (``segcl pretrain --method moco``): the queue InfoNCE against a direct
 computation, the key queue's first-in first-out order, the key branch's moving average, keys
-free of batch statistics, and a short run from the command line."""
+normalised in shuffled groups, and a short run from the command line."""
 
 from __future__ import annotations
 
@@ -95,23 +95,34 @@ def test_key_branch_follows_the_query_branch_as_a_moving_average() -> None:
     loss.backward()
     assert all(p.grad is None for p in head.key_encoder.parameters())
     optimizer.step()
-    stats = [b.clone() for b in net.encoder.buffers()]  # batch-norm statistics so far
     net(_views(seed=2))  # a step starts by moving the key branch towards the query branch
     for pk, before, pq in zip(head.key_encoder.parameters(), key_before,
                               net.encoder.parameters(), strict=True):
         assert torch.allclose(pk, 0.9 * before + 0.1 * pq, atol=1e-6)
-    assert all(torch.equal(bk, b) for bk, b in zip(head.key_encoder.buffers(), stats,
-                                                    strict=True))
 
 
-def test_keys_do_not_depend_on_the_rest_of_the_batch() -> None:
-    """Keys use running statistics, so a query's key carries no trace of its batch."""
+def test_keys_use_shuffled_batch_normalisation() -> None:
+    """Keys are normalised in random groups of the batch (MoCo's shuffling BN), returned in
+    the input order: not with the statistics of the whole batch, which the queries use."""
+    from segcl.methods.moco import KEY_BN_SPLITS
+
     net = _net()
     net.train()
     head = net.heads["global"]
     x = _views(4)["view1"]
-    alone, together = head.keys(x[:1]), head.keys(x)[:1]
-    assert torch.allclose(alone, together, atol=1e-5)
+    torch.manual_seed(3)
+    keys = head.keys(x)
+    torch.manual_seed(3)
+    order = torch.randperm(4)
+    expected = torch.empty_like(keys)
+    with torch.no_grad():
+        for rows in order.chunk(KEY_BN_SPLITS):
+            expected[rows] = head.key_head(head.key_encoder(x[rows])[-1])
+        whole = head.key_head(head.key_encoder(x)[-1])
+    assert torch.allclose(keys, expected, atol=1e-5)
+    assert not torch.allclose(keys, whole, atol=1e-3)
+    assert head.key_encoder.training  # batch statistics, not running ones
+    assert head.keys(x[:2]).shape == (2, keys.shape[1])  # two rows: one group of two
 
 
 def test_moco_pretrains_from_the_command_line(synthetic_data: Path, tmp_path: Path) -> None:
