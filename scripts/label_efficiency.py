@@ -14,6 +14,8 @@ For each labelled fraction and each arm, the same total budget of optimiser step
 - ``semi+contrast``: the same plus the label-based pixel contrast on real masks and confident
   pseudo-labels (``--contrast cross-image``, warmed up);
 - ``semi-ema``: a mean teacher (``--ema 0.99 --semi-teacher ema``, no feature perturbation);
+  ``semi-ema+contrast``: the same plus the pixel contrast, on the real masks and on the strong
+  views' confident pseudo-labels (``--contrast cross-image``, warmed up);
   ``semi-adaptive``: the same with class-wise adaptive thresholds
   (``--semi-threshold-mode adaptive --semi-threshold-momentum 0.99``);
 - ``supcon-pseudo``: the ``random`` arm's model (same fraction) pseudo-labels the unlabelled
@@ -84,6 +86,8 @@ VARIANTS = {
     # a mean teacher: the EMA of the weights (evaluation mode) gives the pseudo-labels and is
     # the model kept; no feature-perturbation branch (1.6x a supervised step instead of 2.2x)
     "semi-ema": ["--semi", "--ema", "0.99", "--semi-teacher", "ema", "--no-semi-fp"],
+    "semi-ema+contrast": ["--semi", "--ema", "0.99", "--semi-teacher", "ema", "--no-semi-fp",
+                          "--contrast", "cross-image", "--contrast-warmup", "200"],
     # the same with FreeMatch's self-adaptive class-wise thresholds (capped at 0.95); momentum
     # 0.99 rather than FreeMatch's 0.999, tuned for ~10^6 steps: at 0.999 the thresholds would
     # cover only 63% of the way from 1/C to the model's confidence by step 1000 of 2000-3000

@@ -75,6 +75,8 @@ def test_semi_adaptive_arm_is_the_mean_teacher_with_adaptive_thresholds(script, 
     arms = script.finetune_arms()
     assert arms["semi-adaptive"] == [*arms["semi-ema"], "--semi-threshold-mode", "adaptive",
                                      "--semi-threshold-momentum", "0.99"]
+    assert arms["semi-ema+contrast"] == [*arms["semi-ema"], "--contrast", "cross-image",
+                                         "--contrast-warmup", "200"]
     commands, _ = script.arm_commands("semi-adaptive", 0.125, _args(tmp_path), tmp_path / "x")
     (command,) = commands
     assert command[command.index("--semi-threshold-mode") + 1] == "adaptive"

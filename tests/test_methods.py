@@ -233,6 +233,24 @@ def test_step_labels_join_masks_and_method_targets() -> None:
     assert labels[:2].eq(0).all() and labels[2].eq(1).all() and labels[3:].eq(255).all()
 
 
+def test_step_dense_views_join_the_shared_pass_and_the_methods_views() -> None:
+    from segcl.methods.base import DenseView
+
+    mask = torch.zeros(2, 8, 8, dtype=torch.long)
+    step = FinetuneStep(FinetuneConfig(), None, 0, 2, mask, 255, [],  # type: ignore[arg-type]
+                        torch.zeros(2, 4, 2, 2), torch.zeros(2, 3, 8, 8))
+    assert step.dense_views().labels is mask
+    step.views["a"] = DenseView(torch.ones(3, 4, 2, 2), torch.full((3, 8, 8), 255),
+                                torch.ones(3, 3, 8, 8))
+    joined = step.dense_views()
+    assert [t.shape[0] for t in joined] == [5, 5, 5]
+    assert joined.dense[2:].eq(1).all() and joined.labels[2:].eq(255).all()
+    step.views["b"] = DenseView(torch.ones(1, 4, 4, 4), torch.zeros(1, 8, 8),
+                                torch.ones(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="must match the shared pass"):
+        step.dense_views()
+
+
 @pytest.mark.parametrize("name", methods.names("finetune"))
 def test_each_finetune_method_runs_a_step(name: str, synthetic_data: Path, teacher: Path,
                                           tmp_path: Path) -> None:

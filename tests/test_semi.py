@@ -156,9 +156,55 @@ def test_strong_views_leave_running_stats_alone_when_asked(clean: bool) -> None:
     logits = model.classify(dense, (32, 32))
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     cfg = SemiConfig(strong_views=1, threshold=0.0, shared_forward=not clean)
-    loss, _, _ = unlabeled_loss(model, feats, logits, batch, cfg)
+    loss, _, _, _ = unlabeled_loss(model, feats, logits, batch, cfg)
     loss.backward()
     after = {k: v for k, v in model.state_dict().items() if "running" in k}
     same = all(torch.equal(before[k], after[k]) for k in before)
     assert same == clean
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_contrast_sees_the_unlabelled_images_with_their_pseudo_labels(shared: bool) -> None:
+    from segcl.config import ContrastConfig
+    from segcl.data import DatasetInfo
+    from segcl.engine.contrast_aux import CrossImageAux
+    from segcl.methods import get
+    from segcl.methods.base import FinetuneStep
+    from segcl.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("test_resnet", "unet", num_classes=3).train()
+    t = WeakStrongTransform((32, 32), strong_views=2, cutmix=1.0)
+    items = [dict(zip(t.keys, t(_image(), None, np.random.default_rng(i)), strict=True))
+             for i in range(2)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in t.keys}
+    cfg = FinetuneConfig(semi=SemiConfig(enabled=True, strong_views=2, threshold=0.0,
+                                         shared_forward=shared, feature_perturbation=False),
+                         contrast=ContrastConfig(enabled=True, warmup_steps=0))
+    image, mask = batch["image"] + 0.5, torch.zeros(2, 32, 32, dtype=torch.long)
+    x = torch.cat([image, batch["image"]]) if shared else image
+    feats, dense = model.forward_dense(x)
+    logits = model.classify(dense, (32, 32))
+    segments = {"semi": slice(2, 4)} if shared else {}
+    step = FinetuneStep(cfg, model, 0, 2, mask, 255, feats, dense, logits, {"semi": batch},
+                        segments)
+    get("semi").loss(None, step)
+    if shared:  # the weak views' rows of the shared pass carry the pseudo-labels
+        assert not step.views and step.targets["semi"].shape == (2, 32, 32)
+        assert step.dense_views().dense is dense
+    else:  # the strong views, K x B of them, with the mixed pseudo-labels on valid pixels
+        view = step.views["semi"]
+        assert view.dense.shape[0] == view.labels.shape[0] == view.logits.shape[0] == 4
+        assert view.dense.requires_grad
+        valid = torch.cat([torch.where(batch[f"box{k}"], batch["valid"].roll(1, 0),
+                                       batch["valid"]) for k in (1, 2)])
+        assert view.labels[~valid].eq(255).all() and view.labels[valid].lt(3).all()
+        joined = step.dense_views()
+        assert joined.dense.shape[0] == joined.labels.shape[0] == 6
+        assert torch.equal(joined.labels[:2], mask) and torch.equal(joined.labels[2:],
+                                                                    view.labels)
+    aux = CrossImageAux(cfg.contrast, model.decoder.out_channels,
+                        DatasetInfo(classes=["a", "b", "c"]))
+    loss, _ = get("cross-image").loss(aux, step)
+    assert torch.isfinite(loss)

@@ -134,7 +134,7 @@ def test_fixed_mode_adds_no_module_and_keeps_its_loss() -> None:
         with running_stats_frozen(model, True):
             feats, dense = model.forward_dense(batch["image"])
             logits = model.classify(dense, (32, 32))
-    reference, ref_terms, _ = unlabeled_loss(model, feats, logits, batch, fixed.semi)
+    reference, ref_terms, _, _ = unlabeled_loss(model, feats, logits, batch, fixed.semi)
     assert loss.item() == pytest.approx(reference.item())
     assert terms["confident"] == ref_terms["confident"]
 

@@ -157,6 +157,18 @@ class ClassThresholds(nn.Module):
                             "this run was not saved with --semi-threshold-mode adaptive")
 
 
+@dataclass
+class StrongViews:
+    """The student's forward of the (CutMixed) strong views, ``K`` views of ``B`` images
+    stacked view by view: decoder features ``dense`` ``(K*B, C, h, w)``, ``logits``
+    ``(K*B, C', H, W)`` and their ``target``, the weak view's pseudo-labels mixed with each
+    view's box."""
+
+    dense: Tensor
+    logits: Tensor
+    target: PseudoLabels
+
+
 def mix_views(strong: Tensor, box: Tensor) -> Tensor:
     """Paste the ``box`` (B, H, W) region of the next image of the batch into each image."""
     return torch.where(box[:, None], strong.roll(1, 0), strong)
@@ -190,14 +202,14 @@ def unlabeled_loss(
     batch: dict[str, Tensor],
     cfg: SemiConfig,
     threshold: Threshold | None = None,
-) -> tuple[Tensor, dict[str, Tensor], PseudoLabels]:
+) -> tuple[Tensor, dict[str, Tensor], PseudoLabels, StrongViews]:
     """``L_u`` of one step, from the weak view's encoder features (the student's; ``None`` only
     without feature perturbation) and the logits that give the pseudo-labels (the student's or
     a teacher's); ``threshold``: ``tau`` (``None``: ``cfg.threshold``, fixed mode).
 
     ``batch`` holds the unlabelled views of :class:`segcl.data.WeakStrongTransform`
-    (``image``, ``strong1..K``, ``box1..K``, ``valid``). Returns the loss, its logged terms and
-    the (un-mixed) pseudo-labels.
+    (``image``, ``strong1..K``, ``box1..K``, ``valid``). Returns the loss, its logged terms,
+    the (un-mixed) pseudo-labels and the strong views' forward (:class:`StrongViews`).
     """
     threshold = cfg.threshold if threshold is None else threshold
     size = logits_weak.shape[-2:]
@@ -205,11 +217,15 @@ def unlabeled_loss(
     views = range(1, cfg.strong_views + 1)
     strong = torch.cat([mix_views(batch[f"strong{k}"], batch[f"box{k}"]) for k in views])
     with running_stats_frozen(model, not cfg.shared_forward):
-        logits_strong = model(strong).chunk(cfg.strong_views)
+        _, dense_strong = model.forward_dense(strong)
+        logits = model.classify(dense_strong, strong.shape[-2:])
+    targets = [target.mixed(batch[f"box{k}"]) for k in views]
     loss_s = torch.stack([
-        consistency_loss(z, target.mixed(batch[f"box{k}"]), threshold)
-        for k, z in zip(views, logits_strong, strict=True)
+        consistency_loss(z, t, threshold)
+        for z, t in zip(logits.chunk(cfg.strong_views), targets, strict=True)
     ]).mean()
+    mixed = PseudoLabels(*(torch.cat(parts) for parts in zip(
+        *((t.label, t.confidence, t.valid) for t in targets), strict=True)))
     logs = {"loss_u_strong": loss_s.detach(),
             "confident": target.kept(threshold).float().sum()
             / target.valid.sum().clamp(min=1)}
@@ -222,4 +238,4 @@ def unlabeled_loss(
         loss_fp = consistency_loss(logits_fp, target, threshold)
         loss = 0.5 * loss_s + 0.5 * loss_fp
         logs["loss_u_fp"] = loss_fp.detach()
-    return loss, logs, target
+    return loss, logs, target, StrongViews(dense_strong, logits, mixed)

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 if TYPE_CHECKING:
     import numpy as np
@@ -141,6 +141,16 @@ class FinetuneData:
     world: int = 1
 
 
+class DenseView(NamedTuple):
+    """Images of one training step as a dense loss sees them: the decoder features ``dense``
+    ``(B, C, h, w)`` (with gradient), their ``labels`` ``(B, H, W)`` (``ignore_index`` where
+    unknown) and the class scores ``logits`` ``(B, K, H, W)``."""
+
+    dense: Tensor
+    labels: Tensor
+    logits: Tensor
+
+
 @dataclass
 class FinetuneStep:
     """One training step as the loss hooks of :class:`FinetuneMethod` see it.
@@ -154,6 +164,9 @@ class FinetuneStep:
     (``(rows, H, W)``, ``ignore_index`` where unknown) for the methods composed after it.
     ``teacher`` is the moving average of the model's weights when a method should take its
     targets from it (``--semi-teacher ema``; evaluation mode, no gradient), else ``None``.
+    A method that forwards images of its own, outside that shared pass, may offer them with
+    their labels in ``views[name]`` (a :class:`DenseView`) to the methods composed after it;
+    :meth:`dense_views` joins them to the shared pass.
     """
 
     cfg: FinetuneConfig
@@ -169,6 +182,7 @@ class FinetuneStep:
     segments: dict[str, slice] = field(default_factory=dict)
     targets: dict[str, Tensor] = field(default_factory=dict)
     teacher: nn.Module | None = None
+    views: dict[str, DenseView] = field(default_factory=dict)
 
     def labels(self) -> Tensor:
         """``(B, H, W)`` labels of the whole forward batch: ``mask`` on the labelled images,
@@ -186,6 +200,26 @@ class FinetuneStep:
                 target = self.mask.new_full(shape, self.ignore_index)
             parts.append(target)
         return torch.cat(parts)
+
+    def dense_views(self) -> DenseView:
+        """Every image of this step that the model forwarded with gradient and has labels for:
+        the shared pass (``dense``, :meth:`labels`, ``logits``) followed by each method's own
+        ``views``, concatenated along the batch. Just the shared pass when no method added
+        views."""
+        shared = DenseView(self.dense, self.labels(), self.logits)
+        if not self.views:
+            return shared
+        import torch
+
+        parts = [shared, *self.views.values()]
+        for view in parts[1:]:
+            if view.dense.shape[1:] != shared.dense.shape[1:] or (
+                    view.logits.shape[1:] != shared.logits.shape[1:]):
+                raise ValueError("a method's views must match the shared pass's feature and "
+                                 f"logit shapes: {tuple(view.dense.shape)} and "
+                                 f"{tuple(view.logits.shape)} against "
+                                 f"{tuple(shared.dense.shape)} and {tuple(shared.logits.shape)}")
+        return DenseView(*(torch.cat(t) for t in zip(*parts, strict=True)))
 
 
 class FinetuneMethod(Method, ABC):

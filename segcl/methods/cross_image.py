@@ -5,8 +5,9 @@ Segmentation", ICCV 2021 (arXiv:2101.11939).
 
 Switched on by ``--contrast cross-image`` (config ``contrast.enabled``; its settings are the
 ``contrast`` section, :class:`~segcl.config.ContrastConfig`). Data: the labelled batch; with
-``semi`` also on, the unlabelled weak views too, labelled with their confident pseudo-labels
-(unconfident pixels are ignored).
+``semi`` also on, the unlabelled images too (their weak views in the shared forward, else their
+strong views: :meth:`~segcl.methods.base.FinetuneStep.dense_views`), labelled with their
+confident pseudo-labels (unconfident pixels are ignored).
 
 Module: a projection head parallel to the classifier on the decoder's dense features (1x1 conv -
 BN - ReLU - 1x1 conv, ``contrast.dim`` = 256 outputs,
@@ -75,7 +76,7 @@ class CrossImage(FinetuneMethod):
     def loss(self, module: nn.Module | None, step: FinetuneStep
              ) -> tuple[Tensor, dict[str, Tensor]]:
         assert module is not None
-        contrast = module(step.dense, step.labels(), step.logits, step.step)
+        contrast = module(*step.dense_views(), step.step)
         return contrast, {"contrast": contrast.detach()}
 
     def state_for_checkpoint(self, module: nn.Module | None) -> dict[str, Tensor]:

@@ -40,8 +40,7 @@ Batch norm: by default the unlabelled views go through forwards of their own, no
 their own batch statistics, and never move the running averages (which evaluation uses): those
 come from the labelled images alone, exactly as without ``--semi``. With
 ``semi.shared_forward`` (``--semi-shared-forward``) the weak views share the labelled images'
-forward pass and every forward updates the running averages, as in UniMatch; the pixel contrast
-(``--contrast cross-image``) then also sees the confident pseudo-labels. On the few-label
+forward pass and every forward updates the running averages, as in UniMatch. On the few-label
 generated data of ``segcl demo`` (8 labelled images, seed 0, 150 steps) the shared forward cost
 9 points of val mIoU even with the unlabelled loss weighted 0; the separate forward did not.
 
@@ -80,10 +79,14 @@ no unlabelled batch is drawn.
 Logged: ``loss_u`` (``L_u``), ``loss_u_strong`` (its strong-view part), ``loss_u_fp`` (its
 feature-perturbation part) and ``confident`` (the share of valid pixels with ``q >= tau``);
 in adaptive mode also ``threshold_mean`` (the mean of ``tau_t(c)`` over the classes) and
-``threshold_global`` (``tau_t``). The confident pseudo-labels (``y^`` where ``q >= tau``,
-ignored elsewhere) become the labels of
-the unlabelled images for the methods composed after this one (the ``cross-image`` contrast).
-The loss functions are :mod:`segcl.engine.semi`.
+``threshold_global`` (``tau_t``).
+
+The confident pseudo-labels (``y^`` where ``q >= tau``, ignored elsewhere) label the
+unlabelled images for the methods composed after this one (the ``cross-image`` contrast): the
+weak views' rows of the shared forward with ``--semi-shared-forward``, else the student's
+CutMixed strong views (their pseudo-labels mixed with the same box), offered as
+``FinetuneStep.views``. Either way each unlabelled image reaches the contrast once, through a
+forward of the student with gradient. The loss functions are :mod:`segcl.engine.semi`.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segcl.methods import register
-from segcl.methods.base import FinetuneData, FinetuneMethod, FinetuneStep
+from segcl.methods.base import DenseView, FinetuneData, FinetuneMethod, FinetuneStep
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -189,9 +192,15 @@ class Semi(FinetuneMethod):
             module.update(logits, batch["valid"])
             threshold = module.thresholds()
             logs = module.logs(threshold)
-        loss_u, terms, target = unlabeled_loss(step.model, feats, logits, batch, semi, threshold)
-        if semi.shared_forward:  # later methods (the contrast) see these rows' pseudo-labels
+        loss_u, terms, target, strong = unlabeled_loss(step.model, feats, logits, batch, semi,
+                                                       threshold)
+        # later methods (the contrast) see the unlabelled images with their confident
+        # pseudo-labels: the weak views' rows of the shared pass, else the strong views
+        if semi.shared_forward:
             step.targets[self.name] = target.masked(threshold, step.ignore_index)
+        else:
+            step.views[self.name] = DenseView(
+                strong.dense, strong.target.masked(threshold, step.ignore_index), strong.logits)
         return semi.weight * loss_u, {"loss_u": loss_u.detach(), **terms, **logs}
 
     def state_for_checkpoint(self, module: nn.Module | None) -> dict[str, Tensor]:
