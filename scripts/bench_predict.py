@@ -9,7 +9,10 @@ Measured side by side in one run, on the same images and the same model:
 2. ``segcl predict``: :func:`segcl.engine.predict.predict_files` end to end (decode, resize,
    normalise, forward, upsample, class map, write palette PNGs), decoding and writing
    overlapped with compute;
-3. ``plain loop``: read one image, forward it, write its mask, next image.
+3. ``plain loop``: read one image, forward it, write its mask, next image;
+4. ``forward, full resize``: row 1 with the post-processing before
+   :func:`segcl.engine.inference.upsampled_argmax` (every class plane resized, then the
+   maximum), to show what that change saves.
 
 Each row gives images/s (wall clock, best of ``--repeats``), the ratio to ``forward``, and the
 process's CPU time per image (all threads; on a machine shared with other jobs the CPU time
@@ -35,7 +38,7 @@ import torch
 
 from segcl.data import EvalTransform, find_images, read_image, read_mask, to_tensor, write_mask
 from segcl.engine.checkpoint import load_model
-from segcl.engine.inference import masks_from_logits
+from segcl.engine.inference import masks_from_logits, resize_logits
 from segcl.engine.predict import predict_files
 from segcl.engine.runtime import resolve_device
 
@@ -75,6 +78,13 @@ def main() -> None:
             masks_from_logits(model(x), images[i].shape[:2]).cpu()
         sync()
 
+    @torch.inference_mode()
+    def forward_full_resize() -> None:
+        for i in range(0, n, args.batch_size):
+            x = torch.stack(tensors[i : i + args.batch_size]).to(device)
+            resize_logits(model(x), images[i].shape[:2]).max(1).indices.to(torch.uint8).cpu()
+        sync()
+
     def end_to_end(out: Path) -> None:
         predict_files(model, config, files, out, batch_size=args.batch_size, device=device,
                       threads=args.threads)
@@ -102,14 +112,15 @@ def main() -> None:
         return n / t, 1000 * c / n
 
     rates = {"forward": best(lambda _: forward_only()), "segcl predict": best(end_to_end),
-             "plain loop": best(plain_loop)}
+             "plain loop": best(plain_loop),
+             "forward, full resize": best(lambda _: forward_full_resize())}
     print(f"device {device}, {n} images, batch {args.batch_size}, torch threads "
           f"{torch.get_num_threads()}, predict threads {args.threads}, model input "
           f"{d.image_size[0]}x{d.image_size[1]}")
-    print(f"{'pipeline':<16}{'images/s':>10}{'vs forward':>12}{'CPU ms/img':>12}")
+    print(f"{'pipeline':<22}{'images/s':>10}{'vs forward':>12}{'CPU ms/img':>12}")
     top = rates["forward"][0]
     for name, (rate, cpu) in rates.items():
-        print(f"{name:<16}{rate:>10.2f}{rate / top:>11.2f}x{cpu:>12.1f}")
+        print(f"{name:<22}{rate:>10.2f}{rate / top:>11.2f}x{cpu:>12.1f}")
     print(f"segcl predict / plain loop: {rates['segcl predict'][0] / rates['plain loop'][0]:.2f}x")
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         end_to_end(Path(a))

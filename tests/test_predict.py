@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from segcl.data import EvalTransform, read_image, read_mask, to_tensor, to_tensor_batch, write_mask
@@ -37,6 +38,38 @@ def test_masks_from_logits_resize_once_like_resize_then_argmax() -> None:
     assert masks.shape == (2, 45, 61)
     assert torch.equal(masks, resize_logits(logits, (45, 61)).argmax(1).to(torch.uint8))
     assert len(masks.unique()) > 5
+
+
+@pytest.mark.parametrize("shape,size", [((2, 11, 24, 32), (90, 120)), ((1, 5, 7, 9), (7, 40)),
+                                        ((1, 4, 1, 6), (5, 13)), ((3, 3, 10, 10), (33, 17))])
+def test_upsampled_argmax_equals_the_full_resize(shape, size) -> None:
+    from segcl.engine.inference import upsampled_argmax
+
+    g = torch.Generator().manual_seed(2)
+    smooth = F.interpolate(torch.randn(shape[0], shape[1], 3, 4, generator=g) * 4,
+                           size=shape[2:], mode="bilinear", align_corners=False)
+    for logits in (smooth, torch.randn(shape, generator=g) * 4):  # few or many class borders
+        reference = resize_logits(logits, size).max(1).indices
+        assert torch.equal(upsampled_argmax(logits, size), reference)
+    # exact ties (0/1 logits): rounding may break a tie either way, in both implementations
+    ties = torch.randint(0, 2, shape, generator=g).float()
+    resized = resize_logits(ties, size)
+    ours, reference = upsampled_argmax(ties, size), resized.max(1).indices
+    differ = ours != reference
+    assert differ.float().mean() < 0.01
+    a = resized.gather(1, ours[:, None])[:, 0][differ]
+    b = resized.gather(1, reference[:, None])[:, 0][differ]
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.equal(masks_from_logits(smooth, size),
+                       resize_logits(smooth, size).max(1).indices.to(torch.uint8))
+
+
+def test_masks_from_logits_downsample_and_nan_like_the_full_resize() -> None:
+    logits = torch.randn(2, 6, 30, 40, generator=torch.Generator().manual_seed(3))
+    logits[0, 2, 10:12, 10:12] = float("nan")  # NaN wins, as in max
+    for size in ((15, 20), (60, 20), (64, 80)):
+        assert torch.equal(masks_from_logits(logits, size),
+                           resize_logits(logits, size).max(1).indices.to(torch.uint8))
 
 
 def test_masks_from_logits_keep_more_than_256_classes() -> None:

@@ -13,7 +13,7 @@ from segcl.data import DatasetInfo, Sample, SegmentationDataset
 from segcl.data.transforms import EvalTransform
 from segcl.engine.callbacks import Callback
 from segcl.engine.data_setup import collate_eval, make_loader
-from segcl.engine.inference import infer_logits, resize_logits
+from segcl.engine.inference import infer_logits, masks_from_logits
 from segcl.engine.runtime import autocast, eval_mode
 from segcl.metrics import ConfusionMatrix
 
@@ -65,8 +65,7 @@ def evaluate_loader(
                 logits = infer_logits(model, image, mode, image_size, tta)
             for i, mask in enumerate(batch["mask"]):
                 mask = mask.to(device, non_blocking=True)
-                # max(1).indices == argmax(1) (the first maximum), several times faster on CPU
-                pred = resize_logits(logits[i : i + 1], tuple(mask.shape[-2:])).max(1).indices[0]
+                pred = masks_from_logits(logits[i : i + 1], tuple(mask.shape[-2:]))[0]
                 cm.update(pred, mask)
             if callback is not None:
                 callback.on_step(-1, {"evaluated": len(batch["mask"])})

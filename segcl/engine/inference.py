@@ -73,19 +73,78 @@ def masks_from_logits(
     logits: torch.Tensor, size: tuple[int, int] | None = None
 ) -> torch.Tensor:
     """Class-index masks ``(B, H, W)`` from ``(B, C, h, w)`` logits, on the logits' device:
-    one bilinear resize to ``size`` (:func:`resize_logits`; none when ``size`` is None), then
-    the most probable class of each pixel -- uint8 for up to 256 classes, else int32 -- so that
-    only the masks, not the logits, are copied back from an accelerator.
+    the most probable class of each pixel after one bilinear resize to ``size``
+    (:func:`resize_logits`; none when ``size`` is None) -- uint8 for up to 256 classes, else
+    int32 -- so that only the masks, not the logits, are copied back from an accelerator.
 
-    The class is ``max(1).indices``: the first maximal index, exactly like ``argmax(1)`` (which
-    torch documents as the second value of ``max``), but on the CPU ``argmax`` over the class
-    dimension of a ``(B, C, H, W)`` tensor takes about 10x longer (torch 2.14, 11 classes at
-    360x480: 177 vs 17 ms per image on one thread).
+    The class is the first maximal index, exactly like ``argmax(1)`` (NaN counts as the
+    maximum), computed as ``max(1).indices``: on the CPU ``argmax`` over the class dimension of
+    a ``(B, C, H, W)`` tensor takes about 10x longer (torch 2.14, 11 classes at 360x480: 177 vs
+    17 ms per image on one thread). On the CPU an upsampling resize goes through
+    :func:`upsampled_argmax`, which interpolates only where the class can change.
     """
-    if size is not None:
-        logits = resize_logits(logits, size)
-    dtype = torch.uint8 if logits.shape[1] <= 256 else torch.int32
-    return logits.max(dim=1).indices.to(dtype)
+    if size is not None and tuple(logits.shape[-2:]) != tuple(size):
+        if (logits.device.type == "cpu" and size[0] >= logits.shape[-2]
+                and size[1] >= logits.shape[-1]):
+            masks = upsampled_argmax(logits.float(), size)
+        else:
+            masks = resize_logits(logits, size).max(dim=1).indices
+    else:
+        masks = logits.max(dim=1).indices
+    return masks.to(torch.uint8 if logits.shape[1] <= 256 else torch.int32)
+
+
+def _source_indices(n_out: int, n_in: int, device: torch.device
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each output row (or column) of a bilinear resize from ``n_in`` to ``n_out`` with
+    ``align_corners=False`` (PyTorch's convention): the two source indices ``i0``, ``i1`` and
+    their weights ``w0``, ``w1``. The source coordinate is ``(i + 0.5) * n_in / n_out - 0.5``,
+    clamped at 0; at the far edge ``i1 = i0``."""
+    scale = torch.tensor(n_in, dtype=torch.float32) / n_out
+    src = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    w1 = (src - i0).clamp(0, 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    return i0.to(device), i1.to(device), (1 - w1).to(device), w1.to(device)
+
+
+def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``resize_logits(logits, size).max(1).indices`` for an upsampling ``size``, interpolating
+    only the pixels whose class can change; ``(B, H, W)`` int64.
+
+    A bilinear output pixel is a convex combination ``z = sum_j a_j v_j`` (``a_j >= 0``,
+    ``sum_j a_j = 1``) of the logit vectors ``v_j`` of its (up to) four source pixels. If all
+    four have the same first maximal class ``c`` (``v_jc > v_jk`` for ``k < c``, ``v_jc >= v_jk``
+    for ``k > c``), the combination keeps both inequalities, so ``z``'s first maximal class is
+    ``c`` too. So the classes are taken at the source resolution; a source cell (a pixel and its
+    right, lower and lower-right neighbours) whose four classes agree gives its class to every
+    output pixel it covers, and only the pixels of the other cells -- the class boundaries,
+    about 10-15% of a segmentation at 7.5x upsampling -- are interpolated (in PyTorch's order:
+    ``(v00 w0x + v01 w1x) w0y + (v10 w0x + v11 w1x) w1y``) and take their maximum. The result
+    equals the full resize's up to floating-point rounding at exact ties between two classes;
+    about 2x faster on the CPU than resizing every class plane (CamVid, 11 classes, 96x128 to
+    360x480).
+    """
+    h, w = logits.shape[-2:]
+    height, width = size
+    low = logits.max(dim=1).indices  # (B, h, w)
+    # the classes of each cell's four corners (the last row / column repeat at the edge)
+    right = torch.cat([low[:, :, 1:], low[:, :, -1:]], dim=2)
+    down = torch.cat([low[:, 1:], low[:, -1:]], dim=1)
+    diag = torch.cat([right[:, 1:], right[:, -1:]], dim=1)
+    cell = torch.where((low == right) & (low == down) & (low == diag), low, -1)
+    y0, y1, wy0, wy1 = _source_indices(height, h, logits.device)
+    x0, x1, wx0, wx1 = _source_indices(width, w, logits.device)
+    out = cell[:, y0[:, None], x0[None, :]]  # (B, H, W), -1 where the class may change
+    bi, yi, xi = (out < 0).nonzero(as_tuple=True)
+    if bi.numel():
+        v = logits.permute(0, 2, 3, 1)  # (B, h, w, C) view: one logit vector per pixel
+        r0, r1, q0, q1 = y0[yi], y1[yi], wy0[yi, None], wy1[yi, None]
+        c0, c1, p0, p1 = x0[xi], x1[xi], wx0[xi, None], wx1[xi, None]
+        z = ((v[bi, r0, c0] * p0 + v[bi, r0, c1] * p1) * q0
+             + (v[bi, r1, c0] * p0 + v[bi, r1, c1] * p1) * q1)
+        out[bi, yi, xi] = z.max(dim=1).indices
+    return out
 
 
 def _windows(length: int, window: int, stride: int) -> list[int]:
