@@ -64,12 +64,30 @@ def test_upsampled_argmax_equals_the_full_resize(shape, size) -> None:
                        resize_logits(smooth, size).max(1).indices.to(torch.uint8))
 
 
-def test_masks_from_logits_downsample_and_nan_like_the_full_resize() -> None:
-    logits = torch.randn(2, 6, 30, 40, generator=torch.Generator().manual_seed(3))
-    logits[0, 2, 10:12, 10:12] = float("nan")  # NaN wins, as in max
-    for size in ((15, 20), (60, 20), (64, 80)):
-        assert torch.equal(masks_from_logits(logits, size),
-                           resize_logits(logits, size).max(1).indices.to(torch.uint8))
+def test_masks_from_logits_downsample_and_non_finite_like_the_full_resize() -> None:
+    g = torch.Generator().manual_seed(3)
+    smooth = F.interpolate(torch.randn(2, 6, 4, 5, generator=g) * 4, size=(30, 40),
+                           mode="bilinear", align_corners=False)
+    for value in (float("nan"), float("inf"), float("-inf")):  # NaN wins, as in max
+        logits = smooth.clone()
+        logits[0, 2, 10:12, 10:12] = value
+        for size in ((15, 20), (60, 20), (64, 80), (30, 81), (77, 40)):
+            assert torch.equal(masks_from_logits(logits, size),
+                               resize_logits(logits, size).max(1).indices.to(torch.uint8))
+
+
+def test_upsampled_argmax_weights_are_pytorchs() -> None:
+    from segcl.engine.inference import _source_indices
+
+    for n_in, n_out in ((3, 19), (9, 40), (96, 360), (7, 7), (1, 5)):
+        i0, i1, w0, w1 = _source_indices(n_out, n_in, torch.device("cpu"))
+        # the weights PyTorch uses: resize the identity "image" of n_in one-hot rows
+        eye = torch.eye(n_in)[None, :, :, None]  # (1, n_in channels, n_in rows, 1)
+        theirs = F.interpolate(eye, size=(n_out, 1), mode="bilinear", align_corners=False)
+        ours = torch.zeros(n_in, n_out)
+        ours[i0, torch.arange(n_out)] += w0
+        ours[i1, torch.arange(n_out)] += w1
+        assert torch.equal(ours, theirs[0, :, :, 0])
 
 
 def test_masks_from_logits_keep_more_than_256_classes() -> None:

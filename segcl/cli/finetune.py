@@ -127,7 +127,7 @@ def finetune(
                                                   "unlabelled loss.")] = 0,
     semi_shared_forward: Annotated[bool, typer.Option(
         "--semi-shared-forward", help="Weak views share the labelled images' forward and "
-        "batch-norm statistics (UniMatch); needed for --contrast on pseudo-labels.")] = False,
+        "batch-norm statistics (UniMatch).")] = False,
     unlabeled_batch_size: Annotated[int | None, typer.Option(
         help="Unlabelled images per step (default: --batch-size).")] = None,
     semi_teacher: Annotated[str, typer.Option(

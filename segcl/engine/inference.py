@@ -80,12 +80,12 @@ def masks_from_logits(
     The class is the first maximal index, exactly like ``argmax(1)`` (NaN counts as the
     maximum), computed as ``max(1).indices``: on the CPU ``argmax`` over the class dimension of
     a ``(B, C, H, W)`` tensor takes about 10x longer (torch 2.14, 11 classes at 360x480: 177 vs
-    17 ms per image on one thread). On the CPU an upsampling resize goes through
-    :func:`upsampled_argmax`, which interpolates only where the class can change.
+    17 ms per image on one thread). On the CPU an upsampling resize of finite logits goes
+    through :func:`upsampled_argmax`, which interpolates only where the class can change.
     """
     if size is not None and tuple(logits.shape[-2:]) != tuple(size):
         if (logits.device.type == "cpu" and size[0] >= logits.shape[-2]
-                and size[1] >= logits.shape[-1]):
+                and size[1] >= logits.shape[-1] and bool(torch.isfinite(logits).all())):
             masks = upsampled_argmax(logits.float(), size)
         else:
             masks = resize_logits(logits, size).max(dim=1).indices
@@ -94,14 +94,25 @@ def masks_from_logits(
     return masks.to(torch.uint8 if logits.shape[1] <= 256 else torch.int32)
 
 
+#: above this share of source cells on a class border, :func:`upsampled_argmax` resizes every
+#: class plane instead (gathering most pixels' class vectors costs more than the resize)
+MAX_BORDER_SHARE = 0.5
+
+
 def _source_indices(n_out: int, n_in: int, device: torch.device
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each output row (or column) of a bilinear resize from ``n_in`` to ``n_out`` with
-    ``align_corners=False`` (PyTorch's convention): the two source indices ``i0``, ``i1`` and
-    their weights ``w0``, ``w1``. The source coordinate is ``(i + 0.5) * n_in / n_out - 0.5``,
-    clamped at 0; at the far edge ``i1 = i0``."""
-    scale = torch.tensor(n_in, dtype=torch.float32) / n_out
-    src = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
+    ``align_corners=False``, PyTorch's: the two source indices ``i0``, ``i1`` and their weights
+    ``w0``, ``w1``. The source coordinate ``(i + 0.5) * n_in / n_out - 0.5``, clamped at 0, is
+    rounded to float32 once (as PyTorch's CPU kernel does); at the far edge, and when the size
+    does not change, ``i1 = i0``."""
+    if n_out == n_in:
+        i = torch.arange(n_in, device=device)
+        zero = torch.zeros(n_in, device=device)
+        return i, i, 1 - zero, zero
+    scale = float(torch.tensor(n_in, dtype=torch.float32) / n_out)  # float32, as PyTorch's
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale - 0.5).clamp(min=0)
+    src = src.float()
     i0 = src.floor().long().clamp(max=n_in - 1)
     w1 = (src - i0).clamp(0, 1)
     i1 = (i0 + 1).clamp(max=n_in - 1)
@@ -109,8 +120,8 @@ def _source_indices(n_out: int, n_in: int, device: torch.device
 
 
 def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``resize_logits(logits, size).max(1).indices`` for an upsampling ``size``, interpolating
-    only the pixels whose class can change; ``(B, H, W)`` int64.
+    """``resize_logits(logits, size).max(1).indices`` for an upsampling ``size`` and finite
+    logits, interpolating only the pixels whose class can change; ``(B, H, W)`` int64.
 
     A bilinear output pixel is a convex combination ``z = sum_j a_j v_j`` (``a_j >= 0``,
     ``sum_j a_j = 1``) of the logit vectors ``v_j`` of its (up to) four source pixels. If all
@@ -119,11 +130,13 @@ def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     ``c`` too. So the classes are taken at the source resolution; a source cell (a pixel and its
     right, lower and lower-right neighbours) whose four classes agree gives its class to every
     output pixel it covers, and only the pixels of the other cells -- the class borders,
-    7.1% of the source cells on CamVid val at 96x128 -- are interpolated (in PyTorch's order:
-    ``(v00 w0x + v01 w1x) w0y + (v10 w0x + v11 w1x) w1y``) and take their maximum. The result
-    equals the full resize's up to floating-point rounding at exact ties between two classes;
-    2.3x faster on the CPU than resizing every class plane (CamVid val, 11 classes, 96x128 to
-    360x480; ``scripts/bench_classmap.py``).
+    7.1% of the source cells on CamVid val at 96x128 -- are interpolated, with PyTorch's
+    weights, and take their maximum. Where more than :data:`MAX_BORDER_SHARE` of the cells are
+    borders (say, an untrained model), every class plane is resized instead. The result equals
+    the full resize's up to rounding: both are within a unit in the last place of the exact
+    interpolation, so classes whose values are that close (near-ties) may come out either
+    way. About 2x faster on the CPU than resizing every class plane (CamVid val, 11 classes,
+    96x128 to 360x480; ``scripts/bench_classmap.py``).
     """
     h, w = logits.shape[-2:]
     height, width = size
@@ -132,13 +145,16 @@ def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     right = torch.cat([low[:, :, 1:], low[:, :, -1:]], dim=2)
     down = torch.cat([low[:, 1:], low[:, -1:]], dim=1)
     diag = torch.cat([right[:, 1:], right[:, -1:]], dim=1)
-    cell = torch.where((low == right) & (low == down) & (low == diag), low, -1)
+    agree = (low == right) & (low == down) & (low == diag)
+    if agree.numel() and 1 - agree.float().mean().item() > MAX_BORDER_SHARE:
+        return resize_logits(logits, size).max(dim=1).indices
+    cell = torch.where(agree, low, -1)
     y0, y1, wy0, wy1 = _source_indices(height, h, logits.device)
     x0, x1, wx0, wx1 = _source_indices(width, w, logits.device)
     out = cell[:, y0[:, None], x0[None, :]]  # (B, H, W), -1 where the class may change
     bi, yi, xi = (out < 0).nonzero(as_tuple=True)
     if bi.numel():
-        v = logits.permute(0, 2, 3, 1)  # (B, h, w, C) view: one logit vector per pixel
+        v = logits.permute(0, 2, 3, 1).contiguous()  # (B, h, w, C): one vector per pixel
         r0, r1, q0, q1 = y0[yi], y1[yi], wy0[yi, None], wy1[yi, None]
         c0, c1, p0, p1 = x0[xi], x1[xi], wx0[xi, None], wx1[xi, None]
         z = ((v[bi, r0, c0] * p0 + v[bi, r0, c1] * p1) * q0

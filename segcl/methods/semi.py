@@ -85,8 +85,8 @@ The confident pseudo-labels (``y^`` where ``q >= tau``, ignored elsewhere) label
 unlabelled images for the methods composed after this one (the ``cross-image`` contrast): the
 weak views' rows of the shared forward with ``--semi-shared-forward``, else the student's
 CutMixed strong views (their pseudo-labels mixed with the same box), offered as
-``FinetuneStep.views``. Either way each unlabelled image reaches the contrast once, through a
-forward of the student with gradient. The loss functions are :mod:`segcl.engine.semi`.
+``FinetuneStep.views``: each of the ``K`` strong views of an image, through a forward of the
+student with gradient. The loss functions are :mod:`segcl.engine.semi`.
 """
 
 from __future__ import annotations
