@@ -27,7 +27,12 @@ import torch
 
 from segcl.data import find_images, read_image, to_tensor_batch
 from segcl.engine.checkpoint import load_model
-from segcl.engine.inference import input_transform, masks_from_logits, resize_logits
+from segcl.engine.inference import (
+    border_cells,
+    input_transform,
+    masks_from_logits,
+    resize_logits,
+)
 
 
 def main() -> None:
@@ -74,11 +79,7 @@ def main() -> None:
             a, b = full(logits, size), masks_from_logits(logits, size)
             differ += int((a != b).sum())
             total += a.numel()
-            low = logits.max(1).indices  # a source cell: a pixel, right, below, diagonal
-            right = torch.cat([low[:, :, 1:], low[:, :, -1:]], dim=2)
-            down = torch.cat([low[:, 1:], low[:, -1:]], dim=1)
-            diag = torch.cat([right[:, 1:], right[:, -1:]], dim=1)
-            border += int(((low != right) | (low != down) | (low != diag)).sum())
+            border += int(border_cells(logits.max(1).indices).sum())
         cells = sum(lg.shape[0] * lg.shape[-2] * lg.shape[-1] for lg, _ in batches)
     print(f"{len(files)} images, logits {tuple(batches[0][0].shape[-2:])} -> "
           f"{batches[0][1]}, {torch.get_num_threads()} torch thread(s), CPU ms per image")

@@ -119,6 +119,16 @@ def _source_indices(n_out: int, n_in: int, device: torch.device
     return i0.to(device), i1.to(device), (1 - w1).to(device), w1.to(device)
 
 
+def border_cells(classes: torch.Tensor) -> torch.Tensor:
+    """``(B, h, w)`` bool: where a source cell -- a pixel of the class map ``classes`` and its
+    right, lower and lower-right neighbours (the last row / column repeat at the edge) -- holds
+    more than one class."""
+    right = torch.cat([classes[:, :, 1:], classes[:, :, -1:]], dim=2)
+    down = torch.cat([classes[:, 1:], classes[:, -1:]], dim=1)
+    diag = torch.cat([right[:, 1:], right[:, -1:]], dim=1)
+    return (classes != right) | (classes != down) | (classes != diag)
+
+
 def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``resize_logits(logits, size).max(1).indices`` for an upsampling ``size`` and finite
     logits, interpolating only the pixels whose class can change; ``(B, H, W)`` int64.
@@ -141,11 +151,7 @@ def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     h, w = logits.shape[-2:]
     height, width = size
     low = logits.max(dim=1).indices  # (B, h, w)
-    # the classes of each cell's four corners (the last row / column repeat at the edge)
-    right = torch.cat([low[:, :, 1:], low[:, :, -1:]], dim=2)
-    down = torch.cat([low[:, 1:], low[:, -1:]], dim=1)
-    diag = torch.cat([right[:, 1:], right[:, -1:]], dim=1)
-    agree = (low == right) & (low == down) & (low == diag)
+    agree = ~border_cells(low)
     if agree.numel() and 1 - agree.float().mean().item() > MAX_BORDER_SHARE:
         return resize_logits(logits, size).max(dim=1).indices
     cell = torch.where(agree, low, -1)
