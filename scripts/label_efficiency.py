@@ -8,6 +8,8 @@ For each labelled fraction and each arm, the same total budget of optimiser step
   with ``--pretrain-steps N``, pre-train N steps and then fine-tune for the whole budget (the
   random arm's schedule; recorded as ``ARM (N pre-training steps)``, its minutes include the
   pre-training); ``multiscale:global+local`` etc. select the multi-scale terms (the ablation);
+  with ``--then ARM``, they fine-tune as the fine-tuning arm ARM does (``--then semi-ema``:
+  pre-training followed by the semi-supervised fine-tuning; recorded as ``moco then semi-ema``);
 - ``cross-image``: fine-tune with the auxiliary cross-image pixel contrast for the whole budget;
 - ``semi``: online semi-supervised fine-tuning (``--semi``) on the unlabelled rest of the split;
 - ``semi-shared``: the same with UniMatch's shared forward (``--semi-shared-forward``);
@@ -137,12 +139,14 @@ def arm_commands(arm: str, frac: float, a: argparse.Namespace, work: Path) -> tu
           str(a.val_every), *shlex.split(a.finetune_extra)]
     method, _, terms = arm.partition(":")
     finetune_only = finetune_arms()
+
+    def finetune_flags(name: str) -> list[str]:
+        extra = finetune_only[name]
+        return [*extra, *shlex.split(a.semi_extra)] if "--semi" in extra else extra
+
     if method in finetune_only:
-        extra = finetune_only[method]
-        if "--semi" in extra:
-            extra = [*extra, *shlex.split(a.semi_extra)]
         out = work / "finetune"
-        return [[*ft, "--steps", str(a.budget), *extra, "--out", str(out)]], out
+        return [[*ft, "--steps", str(a.budget), *finetune_flags(method), "--out", str(out)]], out
     pre_steps = a.pretrain_steps or int(a.budget * a.pretrain_share)
     fine_steps = a.budget if a.pretrain_steps else a.budget - pre_steps
     pseudo: list[str] = []
@@ -162,7 +166,8 @@ def arm_commands(arm: str, frac: float, a: argparse.Namespace, work: Path) -> tu
     if terms:
         pre += ["--losses", terms.replace("+", ",")]
     out = work / "finetune"
-    fine = [*ft, "--steps", str(fine_steps), "--init", str(work / "pretrain"),
+    then = finetune_flags(a.then) if a.then else []
+    fine = [*ft, "--steps", str(fine_steps), "--init", str(work / "pretrain"), *then,
             *pseudo, "--out", str(out)]
     return [pre, fine], out
 
@@ -400,6 +405,9 @@ def main() -> None:
     p.add_argument("--pretrain-steps", type=int, default=None,
                    help="pre-training arms: pre-train N steps, then fine-tune for the whole "
                         "--budget (instead of splitting it by --pretrain-share)")
+    p.add_argument("--then", default="", metavar="ARM",
+                   help="pre-training arms fine-tune as this fine-tuning arm does (semi-ema: "
+                        "pre-training followed by the semi-supervised fine-tuning)")
     p.add_argument("--image-size", default="96x128")
     p.add_argument("--grid", default=None, help="pixel-loss grid HxW for pre-training")
     p.add_argument("--encoder", default="resnet18")
@@ -431,6 +439,10 @@ def main() -> None:
         return
     import segcl  # noqa: F401  (fail now, not after the first arm, when segcl is not installed)
 
+    if a.then and a.then not in finetune_arms():
+        raise SystemExit(f"Error: --then {a.then}: not a fine-tuning arm; choose from "
+                         f"{', '.join(finetune_arms())}")
+
     a.out.mkdir(parents=True, exist_ok=True)
     results_path = a.out / "results.json"
     if a.holdout:  # the held-out sequence becomes val; arms are recorded as "ARM [holdout P]"
@@ -440,9 +452,11 @@ def main() -> None:
             for sd in a.seeds.split(",") for m in a.arms.split(",")]
     for frac, method, seed in jobs:
         a.seed = seed
-        pre = f" ({a.pretrain_steps} pre-training steps)" if a.pretrain_steps and \
-            method.partition(":")[0].removesuffix(PSEUDO_SUFFIX) in pretrain_arms() else ""
-        arm = f"{method}{pre} [{a.tag}]" if a.tag else f"{method}{pre}"
+        pretrains = method.partition(":")[0].removesuffix(PSEUDO_SUFFIX) in pretrain_arms()
+        pre = f" ({a.pretrain_steps} pre-training steps)" if a.pretrain_steps and pretrains \
+            else ""
+        then = f" then {a.then}" if a.then and pretrains else ""
+        arm = f"{method}{pre}{then}" + (f" [{a.tag}]" if a.tag else "")
         key = (arm, frac, seed, a.budget)
         done = [r for r in load_results(results_path) if _key(r) == key]
         if done and not a.force:
@@ -450,6 +464,7 @@ def main() -> None:
                   f"({done[0]['miou'] * 100:.1f})")
             continue
         name = f"{method}{f'-pre{a.pretrain_steps}' if pre else ''}"
+        name += f"-then-{a.then}" if then else ""
         name = f"{name}-{a.tag.replace(' ', '-')}" if a.tag else name
         work = a.out / "runs" / f"{name}@{frac}-{a.budget}steps" / f"seed{seed}"
         commands, model_dir = arm_commands(method, frac, a, work)

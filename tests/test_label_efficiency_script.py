@@ -28,7 +28,7 @@ def _args(tmp_path: Path) -> argparse.Namespace:
         layout="camvid", image_size="96x128", encoder="resnet18", seed=0, batch_size=8,
         workers=1, data="DATA", finetune_lr=0.03, val_every=100, finetune_extra="",
         semi_extra="--semi-views 1", budget=100, pretrain_share=0.5, out=tmp_path,
-        pretrain_lr=0.1, pretrain_extra="", grid=None, pretrain_steps=None)
+        pretrain_lr=0.1, pretrain_extra="", grid=None, pretrain_steps=None, then="")
 
 
 def test_arms_are_the_registered_methods(script, tmp_path) -> None:
@@ -69,6 +69,18 @@ def test_report_shows_the_pre_training_minutes(script, tmp_path) -> None:
             if line.startswith("| ") and "0.125 (46 img)" in line}
     assert rows[arm][7] == "+2.00 (1 seed)"  # the same recipe without unlabelled images
     assert rows[arm][9:] == ["30.0", "20.0"] and rows["random [ce+dice]"][9:] == ["10.0", "-"]
+
+
+def test_then_fine_tunes_the_pre_trained_model_as_a_fine_tuning_arm(script, tmp_path) -> None:
+    args = argparse.Namespace(**{**vars(_args(tmp_path)), "then": "semi-ema"})
+    (pre, fine), _ = script.arm_commands("moco", 0.125, args, tmp_path / "m")
+    assert fine[fine.index("--init") + 1] == str(tmp_path / "m" / "pretrain")
+    flags = [*script.finetune_arms()["semi-ema"], "--semi-views", "1"]  # with the semi extras
+    start = fine.index(flags[0])
+    assert fine[start:start + len(flags)] == flags
+    assert "--semi" not in pre
+    (alone,), _ = script.arm_commands("semi-ema", 0.125, args, tmp_path / "s")
+    assert "--init" not in alone  # a fine-tuning arm itself is unchanged
 
 
 def test_semi_adaptive_arm_is_the_mean_teacher_with_adaptive_thresholds(script, tmp_path) -> None:
