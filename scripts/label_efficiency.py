@@ -29,7 +29,8 @@ For each labelled fraction and each arm, the same total budget of optimiser step
 
 Every arm records its val mIoU (``segcl evaluate``), its wall-clock time and its exact commands.
 Arms already in the results file are skipped (``--force`` reruns them), so the table can be built
-across sessions and machines. Writes ``results.json``, ``results.md`` and ``miou_vs_labels.png``.
+across sessions and machines. Writes ``results.json``, ``results.md``, ``miou_vs_labels.png`` and
+``gain_vs_labels.png``.
 
 Examples (2 CPU cores, reduced resolution; ``--preset gpu`` for one GPU):
 
@@ -319,7 +320,8 @@ def _minutes(rs: list[dict[str, Any]], key: str = "minutes") -> str:
 
 def write_reports(results: list[dict[str, Any]], out: Path) -> None:
     """results.md (mean ± std over seeds, val-selected and final checkpoint, gain over random
-    init, per-class IoU with the thin classes) and miou_vs_labels.png (error bars = std)."""
+    init, per-class IoU with the thin classes), miou_vs_labels.png (error bars = std) and
+    gain_vs_labels.png (:func:`_recipe_gains`)."""
     groups: dict[tuple[str, float, int], list[dict[str, Any]]] = {}
     for r in results:  # one row per arm, fraction and schedule
         groups.setdefault((r["arm"], r["fraction"], r["budget_steps"]), []).append(r)
@@ -361,15 +363,8 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     from segcl.viz import plot_lines
 
-    # one line per arm measured at two or more fractions, each fraction at its longest
-    # schedule (the converged one); the ablation subsets (multiscale:...), single-fraction
-    # variants and held-out splits stay in the table only
-    longest: dict[str, dict[float, tuple[int, list[dict[str, Any]]]]] = {}
-    for (arm, frac, steps), rs in groups.items():
-        if ":" in arm or _held_out(arm) or not all("miou_final" in r for r in rs):
-            continue
-        if steps > longest.setdefault(arm, {}).get(frac, (-1, []))[0]:
-            longest[arm][frac] = (steps, rs)
+    # one line per arm measured at two or more fractions, each at its longest schedule
+    longest = _longest_schedules(groups)
     series: dict[str, list[tuple[float, float, float]]] = {}
     for arm, per in sorted(longest.items()):
         if len(per) < 2:
@@ -386,6 +381,54 @@ def write_reports(results: list[dict[str, Any]], out: Path) -> None:
                    "val mIoU (final checkpoint)",
                    "mean ± std over seeds, longest schedule per point",
                    logx=True)
+    gains = _recipe_gains(longest, groups)
+    if gains:
+        plot_lines(gains, out / "gain_vs_labels.png", "labelled images",
+                   "final val mIoU minus the same recipe's",
+                   "what the unlabelled images add (paired by seed, mean ± std)", logx=True)
+
+
+def _longest_schedules(groups: dict[tuple[str, float, int], list[dict[str, Any]]],
+                       ) -> dict[str, dict[float, tuple[int, list[dict[str, Any]]]]]:
+    """Per arm and fraction, its longest schedule (the converged one) as ``(steps, records)``;
+    the ablation subsets (multiscale:...), held-out splits and arms without a final checkpoint
+    are left to the table."""
+    longest: dict[str, dict[float, tuple[int, list[dict[str, Any]]]]] = {}
+    for (arm, frac, steps), rs in groups.items():
+        if ":" in arm or _held_out(arm) or not all("miou_final" in r for r in rs):
+            continue
+        if steps > longest.setdefault(arm, {}).get(frac, (-1, []))[0]:
+            longest[arm][frac] = (steps, rs)
+    return longest
+
+
+def _recipe_gains(longest: dict[str, dict[float, tuple[int, list[dict[str, Any]]]]],
+                  groups: dict[tuple[str, float, int], list[dict[str, Any]]],
+                  ) -> dict[str, list[tuple[float, float, float]]]:
+    """Per tagged arm (``semi-ema [ce+dice]``) measured at two or more fractions: its final
+    mIoU minus that of labels alone with the same recipe (``random [ce+dice]``, same fraction
+    and schedule), paired by seed, as ``(labelled images, mean, std)`` points; a flat line at
+    0 stands for the recipe itself. The seeds' labelled subsets move mIoU by several points,
+    so the paired differences show what the unlabelled images add more plainly than the
+    absolute curves."""
+    gains: dict[str, list[tuple[float, float, float]]] = {}
+    for arm, per in sorted(longest.items()):
+        tag = arm[arm.index("["):] if "[" in arm else ""
+        if not tag or arm.startswith("random"):
+            continue
+        points = []
+        for frac, (steps, rs) in sorted(per.items()):
+            diffs = [(mine - base) * 100
+                     for mine, base in _pairs(rs, groups.get((f"random {tag}", frac, steps), []))]
+            if diffs:
+                points.append((rs[0]["labeled_images"], statistics.fmean(diffs),
+                               statistics.stdev(diffs) if len(diffs) > 1 else 0.0))
+        if len(points) > 1:
+            gains[arm] = points
+    if gains:
+        xs = sorted({x for points in gains.values() for x, _, _ in points})
+        gains["labels alone, same recipe"] = [(x, 0.0, 0.0) for x in xs]
+    return gains
 
 
 def main() -> None:

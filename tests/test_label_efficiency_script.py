@@ -167,3 +167,25 @@ def test_label_gap_per_recipe(script, tmp_path) -> None:
     text = (tmp_path / "results.md").read_text()
     assert "| random [ce+dice] | 0.125 | 55.00 | 70.00 | 15.00 |" in text
     assert "| random | 0.125 |" not in text  # no all-label run of plain random init
+
+
+def test_gain_plot_pairs_each_tagged_arm_with_its_recipe_by_seed(script, tmp_path) -> None:
+    def rec(arm: str, frac: float, seed: int, miou: float) -> dict:
+        return {**_record(arm, seed, miou), "fraction": frac, "labeled_images": int(frac * 368)}
+
+    results = [rec("random [ce+dice]", f, s, 0.50) for f in (0.125, 0.25) for s in (0, 1)]
+    results += [rec("semi-ema [ce+dice]", 0.125, 0, 0.52),
+                rec("semi-ema [ce+dice]", 0.125, 1, 0.51),
+                rec("semi-ema [ce+dice]", 0.25, 0, 0.49),  # seed 1 not measured at 1/4
+                rec("semi [ce+dice]", 0.125, 0, 0.60)]  # one fraction: no line
+    script.write_reports(results, tmp_path)
+    assert (tmp_path / "gain_vs_labels.png").stat().st_size > 0
+    groups: dict = {}
+    for r in results:
+        groups.setdefault((r["arm"], r["fraction"], r["budget_steps"]), []).append(r)
+    gains = script._recipe_gains(script._longest_schedules(groups), groups)
+    assert set(gains) == {"semi-ema [ce+dice]", "labels alone, same recipe"}
+    (x1, m1, s1), (x2, m2, s2) = gains["semi-ema [ce+dice]"]
+    assert (x1, x2) == (46, 92)
+    assert m1 == pytest.approx(1.5) and s1 == pytest.approx(0.7071, abs=1e-3)
+    assert m2 == pytest.approx(-1.0) and s2 == 0.0
